@@ -1,0 +1,35 @@
+# vidspark: make demo | make test | make lint | make bench
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint java venv clean
+
+java:
+	@scripts/check_java.sh
+
+$(STAMP): setup.py pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: java $(STAMP)
+	$(VENV)/bin/vidspark demo --workdir demo-output --conf conf/local.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vidspark jobs tests bench
+	$(VENV)/bin/ruff format --check vidspark jobs tests bench
+	$(VENV)/bin/mypy
+
+test: java $(STAMP) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: java $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf demo-output build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,10 @@
+"""spark-submit entry point: `vidspark predict` with the same arguments (see README)."""
+
+from __future__ import annotations
+
+import sys
+
+from vidspark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["predict", *sys.argv[1:]]))

@@ -1,0 +1,197 @@
+"""The ``vidspark`` command line; ``jobs/*.py`` call :func:`main` with the same arguments.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad arguments/conf/model, 3 storage unreachable,
+4 error fraction over ``job.max_error_fraction``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from vidspark import __version__
+from vidspark.app import build_session, check_java, configure_logging, new_run_id, under_spark_submit
+from vidspark.config import Conf, load_conf, log_effective, redacted
+from vidspark.errors import EXIT_OK, ConfigError, VidsparkError
+
+logger = logging.getLogger("vidspark")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", help="YAML conf file (see conf/); defaults built in")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a conf key, e.g. featurizer.batch_size=64 (repeatable)")
+    p.add_argument("--master", help="Spark master (default local[*]; under spark-submit, spark-submit's)")
+    p.add_argument("--run-id", help="id of this run in runs/<run_id>.json (default: time + random)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidspark", description="Classify images and video frames from camera archives on Spark.")
+    parser.add_argument("--version", action="version", version=f"vidspark {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("featurize", help="image objects -> ResNet50 features/ (+ errors/)")
+    p.add_argument("--input", required=True, help="s3://bucket/prefix, file:///path or a local folder")
+    p.add_argument("--output", required=True, help="features table (Parquet, partitioned camera_id/date)")
+    p.add_argument("--layout", help="key layout template (default conf input.layout, '{label}/**')")
+    p.add_argument("--errors", help="errors table (default: 'errors' beside --output)")
+    _common(p)
+
+    p = sub.add_parser("train", help="labeled features -> LightGBM model dir with grouped CV report")
+    p.add_argument("--features", required=True)
+    p.add_argument("--model", required=True, help="model directory to write (driver-local path)")
+    p.add_argument("--folds", type=int, help="CV folds (default conf train.folds, 5)")
+    _common(p)
+
+    p = sub.add_parser("predict", help="features + model -> predictions/frames and predictions/videos")
+    p.add_argument("--features", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--output", required=True, help="predictions folder (frames/ and videos/ inside)")
+    p.add_argument("--window", type=int, help="rolling average over the last K frames (default 128; 1 = none)")
+    _common(p)
+
+    p = sub.add_parser("run", help="featurize + predict in one job (the nightly job)")
+    p.add_argument("--input", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--output", required=True, help="output root: features/, errors/, predictions/, runs/")
+    p.add_argument("--layout")
+    p.add_argument("--window", type=int)
+    _common(p)
+
+    p = sub.add_parser("demo", help="synthetic archive -> featurize -> train -> predict, with a summary")
+    p.add_argument("--workdir", default="demo-output", help="folder for the archive and outputs (default ./demo-output)")
+    _common(p)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Conf:
+    overrides = list(args.set)
+    if getattr(args, "layout", None):
+        overrides.append(f"input.layout={json.dumps(args.layout)}")
+    if getattr(args, "folds", None) is not None:
+        overrides.append(f"train.folds={args.folds}")
+    if getattr(args, "window", None) is not None:
+        overrides.append(f"predict.window={args.window}")
+    if args.verb == "demo" and not any(o.startswith("featurizer.weights=") for o in overrides):
+        overrides.append("featurizer.weights=random")  # the demo must run without a model hub
+    return load_conf(args.conf, overrides)
+
+
+def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable[[Any], dict[str, Any]], str]:
+    """The library call for a verb, and where its run record goes."""
+    from vidspark import featurize, outputs, pipeline, predict, train
+
+    v = args.verb
+    if v == "featurize":
+        return (
+            lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors)
+        ), outputs.sibling(args.output, "runs")
+    if v == "train":
+        return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf)), outputs.sibling(args.model, "runs")
+    if v == "predict":
+        return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf)), outputs.join(args.output, "runs")
+    if v == "run":
+        return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(
+            args.output, "runs"
+        )
+    if v == "demo":
+        return (lambda s: pipeline.demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), outputs.join(args.workdir, "output", "runs")
+    raise ConfigError(f"unknown verb {v!r}")  # pragma: no cover - argparse restricts verbs
+
+
+def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
+    """Run one verb; returns the process exit code. ``spark`` reuses a session (tests)."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    run_id = args.run_id or new_run_id(args.verb)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    try:
+        conf = _load(args)
+        log_effective(conf)
+        fn, runs_dir = _job_fn(args, conf, run_id)
+        if spark is None and not under_spark_submit():
+            check_java()
+    except VidsparkError as exc:
+        logger.error("%s", exc)
+        print(f"vidspark: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    own_session = spark is None
+    session = spark
+    status, code, message, summary = "ok", EXIT_OK, None, {}
+    try:
+        session = session or build_session(f"vidspark-{args.verb}", master=args.master, spark_conf=conf.spark)
+        logger.info("run %s: %s started", run_id, args.verb)
+        summary = fn(session)
+        if args.verb in ("featurize", "run", "demo"):
+            from vidspark.pipeline import check_error_fraction
+
+            check_error_fraction(summary["run"] if args.verb == "demo" else summary, conf)
+    except VidsparkError as exc:
+        status, code, message = "failed", exc.exit_code, str(exc)
+        logger.error("%s", exc)
+        print(f"vidspark: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # the run record must say how the job ended, whatever happened
+        status, code, message = "failed", 1, f"{type(exc).__name__}: {exc}"
+        logger.error("%s failed:\n%s", args.verb, traceback.format_exc())
+    record = {
+        "run_id": run_id,
+        "job": args.verb,
+        "vidspark_version": __version__,
+        "args": {k: v for k, v in vars(args).items() if k not in ("set",)},
+        "overrides": [o.split("=", 1)[0] + "=…" for o in args.set],
+        "conf": redacted(conf),
+        "started": started.isoformat(timespec="seconds"),
+        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "status": status,
+        "exit_code": code,
+        "message": message,
+        "summary": summary,
+    }
+    if session is not None:
+        try:
+            from vidspark.outputs import join, write_json
+
+            write_json(session, join(runs_dir, f"{run_id}.json"), record)
+        except Exception as exc:  # a run record that cannot be written must not hide the job's own result
+            logger.warning("could not write the run record to %s: %s", runs_dir, exc)
+    if status == "ok" or code == 4:
+        print(render_summary(args.verb, summary) if args.verb == "demo" else json.dumps(summary, indent=2, default=str))
+    if own_session and session is not None:
+        session.stop()
+    return code
+
+
+def render_summary(verb: str, s: dict[str, Any]) -> str:
+    """The demo's human-readable summary."""
+    f1, t, r = s["featurize_labeled"], s["train"], s["run"]
+    fc, pc = r["featurize"], r["predict"]
+    lines = [
+        "vidspark demo summary",
+        f"  labeled set:   {f1['featurized']} frames featurized ({f1['error_count']} errors), classes {t['classes']}",
+        f"  cross-val:     {t['n_splits']}-fold grouped, accuracy {t['cv_accuracy']:.3f}, F1 {t['cv_f1']:.3f}, ROC AUC {t['cv_roc_auc']:.3f}",
+        f"  cameras:       {fc['featurized']} frames featurized, {fc['error_count']} errors {fc['errors_by_stage']}",
+        f"  videos:        {pc.get('videos', 0)} classified, label switches raw {pc.get('raw_label_switches', 0)}"
+        f" -> smoothed {pc.get('smoothed_label_switches', 0)} (window {pc.get('window')})",
+        f"  featurizer:    {fc['featurizer']}",
+        "  outputs:",
+        f"    features     {s['output']}/features",
+        f"    errors       {s['output']}/errors",
+        f"    frames       {pc.get('frames_output')}",
+        f"    videos       {pc.get('videos_output')}",
+        f"    model        {t['model']}",
+        f"    run records  {s['output']}/runs",
+    ]
+    return "\n".join(lines)
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Configuration: YAML files in ``conf/`` loaded once into frozen dataclasses and validated.
+
+A conf file has one section per dataclass below (``input``, ``storage``, ``featurizer``, ``job``,
+``train``, ``predict``) plus ``spark``, a flat mapping of Spark settings handed to the session
+builder. ``--set section.key=value`` overrides any key; values are parsed as YAML scalars.
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from vidspark.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_SECRET_KEY = re.compile(r"(secret|password|token|credential|access[_.-]?key)", re.IGNORECASE)
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class InputConf:
+    """How object keys map to fields (see :mod:`vidspark.layout`)."""
+
+    layout: str = "{label}/**"
+    ts_format: str = "%Y%m%dT%H%M%S"
+
+
+@dataclass(frozen=True)
+class StorageConf:
+    """boto3 client settings; credentials always come from boto3's standard chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    retry_mode: str = "standard"
+    max_attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class FeaturizerConf:
+    """The ResNet50 featurizer and the decode step in front of it."""
+
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    seed: int = 0
+    image_size: int = 224
+    batch_size: int = 32
+    threads: int = 0
+    fetch_threads: int = 4
+    max_image_pixels: int = 89_478_485
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class JobConf:
+    """Job-wide behaviour."""
+
+    max_error_fraction: float = 0.05
+    rows_per_task: int = 256
+
+
+@dataclass(frozen=True)
+class TrainConf:
+    """LightGBM training and cross-validation."""
+
+    folds: int = 5
+    seed: int = 42
+    num_boost_round: int = 400
+    early_stopping_rounds: int = 30
+    max_rows: int = 200_000
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictConf:
+    """Per-frame prediction and rolling smoothing."""
+
+    window: int = 128
+
+
+@dataclass(frozen=True)
+class Conf:
+    """The whole effective configuration of one job."""
+
+    input: InputConf = field(default_factory=InputConf)
+    storage: StorageConf = field(default_factory=StorageConf)
+    featurizer: FeaturizerConf = field(default_factory=FeaturizerConf)
+    job: JobConf = field(default_factory=JobConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    predict: PredictConf = field(default_factory=PredictConf)
+    spark: Mapping[str, Any] = field(default_factory=dict)
+
+    def replace(self, section: str, **values: Any) -> Conf:
+        """Return a copy with keys of one section replaced (validated again)."""
+        raw = to_dict(self)
+        raw[section].update(values)
+        return from_dict(raw)
+
+
+_SECTIONS = {f.name: f for f in fields(Conf)}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "storage.addressing_style": ("auto", "virtual", "path"),
+    "storage.retry_mode": ("standard", "adaptive", "legacy"),
+    "featurizer.backbone": ("resnet50",),
+}
+# (minimum, maximum) inclusive; None is unbounded.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "storage.max_attempts": (1, 50),
+    "storage.connect_timeout": (0.1, None),
+    "storage.read_timeout": (0.1, None),
+    "featurizer.image_size": (32, 1024),
+    "featurizer.batch_size": (1, 4096),
+    "featurizer.threads": (0, 1024),
+    "featurizer.fetch_threads": (1, 256),
+    "featurizer.max_image_pixels": (1, None),
+    "featurizer.seed": (0, 2**31 - 1),
+    "job.max_error_fraction": (0.0, 1.0),
+    "job.rows_per_task": (1, None),
+    "train.folds": (2, 100),
+    "train.num_boost_round": (1, 100_000),
+    "train.early_stopping_rounds": (0, 100_000),
+    "train.max_rows": (10, None),
+    "predict.window": (1, 1_000_000),
+}
+
+
+def to_dict(conf: Conf) -> dict[str, Any]:
+    """Plain nested dict of a :class:`Conf` (mappings copied)."""
+    out: dict[str, Any] = {}
+    for name in _SECTIONS:
+        value = getattr(conf, name)
+        out[name] = dict(value) if name == "spark" else dataclasses.asdict(value)
+        if name == "train":
+            out[name]["params"] = dict(value.params)
+    return out
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Coerce ``value`` to the annotated type or raise ConfigError naming ``key``."""
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Union or (origin is not None and type(None) in args):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin in (Mapping, dict) or annotation in (Mapping, dict):
+        if isinstance(value, Mapping):
+            return dict(value)
+    else:  # pragma: no cover - every field above is one of these
+        return value
+    expected = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"conf key {key!r}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _validate_value(key: str, value: Any) -> None:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"conf key {key!r}: {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}")
+    if key in _RANGES and value is not None:
+        lo, hi = _RANGES[key]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+            raise ConfigError(f"conf key {key!r}: {value!r} is out of range; allowed: {bounds}")
+
+
+def from_dict(raw: Mapping[str, Any] | None) -> Conf:
+    """Build and validate a :class:`Conf` from a nested mapping.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown section or key, a wrong type or an out-of-range value.
+    """
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown conf section(s) {unknown}; allowed: {', '.join(_SECTIONS)}")
+    sections: dict[str, Any] = {}
+    for name, fld in _SECTIONS.items():
+        value = raw.get(name) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"conf section {name!r} must be a mapping, got {value!r}")
+        if name == "spark":
+            for k, v in value.items():
+                if not str(k).startswith("spark."):
+                    raise ConfigError(f"conf key 'spark.{k}': Spark settings must start with 'spark.'")
+                if isinstance(v, (Mapping, list)):
+                    raise ConfigError(f"conf key 'spark.{k}': expected a scalar, got {v!r}")
+            sections[name] = {str(k): v for k, v in value.items()}
+            continue
+        cls: Any = fld.default_factory
+        hints = get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(value) - known)
+        if bad:
+            raise ConfigError(f"unknown conf key(s) {[f'{name}.{b}' for b in bad]}; allowed in {name!r}: {', '.join(sorted(known))}")
+        kwargs = {}
+        for key, val in value.items():
+            full = f"{name}.{key}"
+            coerced = _check_type(full, val, hints[key])
+            _validate_value(full, coerced)
+            kwargs[key] = coerced
+        sections[name] = cls(**kwargs)
+    conf = Conf(**sections)
+    _validate_cross(conf)
+    return conf
+
+
+def _validate_cross(conf: Conf) -> None:
+    from vidspark.layout import Layout
+
+    Layout(conf.input.layout)  # raises LayoutError (a ConfigError) naming the problem
+    weights = conf.featurizer.weights
+    if not weights:
+        raise ConfigError("conf key 'featurizer.weights': empty; allowed: imagenet, random, a local path or s3:// URI")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, for example featurizer.batch_size=64")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if key.startswith("spark."):
+        return ["spark", key], yaml.safe_load(text) if text else ""
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"--set {item!r}: key must be section.key, for example predict.window=64")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    if parts[0] == "train" and len(parts) == 3 and parts[1] == "params":
+        return parts, value
+    if len(parts) != 2:
+        raise ConfigError(f"--set {item!r}: key must be section.key")
+    return parts, value
+
+
+def load_conf(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Conf:
+    """Load a YAML conf file (or the defaults) and apply ``--set`` overrides.
+
+    Parameters
+    ----------
+    path
+        YAML file; None means built-in defaults.
+    overrides
+        ``section.key=value`` strings; ``spark.*`` keys go to the ``spark`` section.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or invalid, or a key/value is not allowed.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"conf file {str(p)!r} does not exist; pass --conf with a YAML file such as conf/local.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"conf file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"conf file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = raw.setdefault(parts[0], {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"conf section {parts[0]!r} must be a mapping")
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return from_dict(raw)
+
+
+def redacted(conf: Conf) -> dict[str, Any]:
+    """Nested dict of the conf with secret-looking keys replaced by ``***``."""
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v is not None else scrub(v)) for k, v in node.items()}
+        return node
+
+    return scrub(to_dict(conf))
+
+
+def log_effective(conf: Conf) -> None:
+    """Log every effective conf value once at job start, secrets redacted."""
+    for section, values in redacted(conf).items():
+        for key, value in sorted(values.items()):
+            logger.info("conf %s = %r", key if section == "spark" else f"{section}.{key}", value)

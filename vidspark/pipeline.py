@@ -1,0 +1,93 @@
+"""Multi-step jobs: ``run`` (featurize + predict, the nightly job) and ``demo``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from vidspark.config import Conf
+from vidspark.errors import ErrorFractionExceeded
+from vidspark.featurize import featurize
+from vidspark.outputs import join, read_table
+from vidspark.predict import predict
+from vidspark.schemas import FEATURES_SCHEMA
+from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set
+from vidspark.train import train
+
+logger = logging.getLogger(__name__)
+
+
+def check_error_fraction(summary: dict[str, Any], conf: Conf) -> None:
+    """Raise when more inputs failed than ``job.max_error_fraction`` allows (outputs already written).
+
+    Raises
+    ------
+    ErrorFractionExceeded
+        With the counts per stage and where the errors table is.
+    """
+    fraction = summary.get("error_fraction", 0.0)
+    if fraction > conf.job.max_error_fraction:
+        raise ErrorFractionExceeded(
+            f"{summary['error_count']} of {summary['listed']} inputs failed ({fraction:.1%} > job.max_error_fraction "
+            f"{conf.job.max_error_fraction:.1%}); by stage: {summary['errors_by_stage']}; see {summary['errors']}"
+        )
+
+
+def run(spark: SparkSession, *, input_uri: str, model_dir: str, output: str, conf: Conf, run_id: str, window: int | None = None) -> dict[str, Any]:
+    """Featurize ``input_uri`` into ``output/features``, then predict the camera/day partitions it touched.
+
+    Predictions read the whole touched partitions of the feature store, so frames featurized by an
+    earlier run of the same camera and day take part in the rolling average.
+    """
+    features_out = join(output, "features")
+    fsum = featurize(spark, input_uri=input_uri, output=features_out, conf=conf, run_id=run_id, errors_output=join(output, "errors"))
+    psum: dict[str, Any] = {}
+    if fsum["featurized"]:
+        touched = spark.createDataFrame([(p["camera_id"], date.fromisoformat(p["date"])) for p in fsum["partitions"]], schema="camera_id string, date date")
+        features_df = read_table(spark, features_out, FEATURES_SCHEMA).join(F.broadcast(touched), ["camera_id", "date"], "left_semi")
+        psum = predict(spark, features=features_out, model_dir=model_dir, output=join(output, "predictions"), conf=conf, window=window, features_df=features_df)
+    return {
+        "featurize": fsum,
+        "predict": psum,
+        "error_fraction": fsum["error_fraction"],
+        "error_count": fsum["error_count"],
+        "listed": fsum["listed"],
+        "errors_by_stage": fsum["errors_by_stage"],
+        "errors": fsum["errors"],
+    }
+
+
+def make_demo_archive(root: Path, *, classes: tuple[str, ...] = CLASSES, per_class: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Write the demo archive: a labeled set, two cameras of frame folders, and two broken objects."""
+    labeled, cameras = root / "labeled", root / "cameras"
+    for p in (labeled, cameras):
+        if p.exists():
+            shutil.rmtree(p)
+    keys = write_labeled_set(LocalSink(labeled), classes=classes, per_class=per_class, seed=seed)
+    truths = write_camera_archive(LocalSink(cameras), cameras=("cam1", "cam2"), videos_per_camera=3, frames_per_video=16, classes=classes, seed=seed + 1)
+    # What a real archive holds too: an empty upload and a cut-off JPEG. They become errors rows.
+    (cameras / "cam1" / "cam1-000" / "frame_99998.jpg").write_bytes(b"")
+    good = (cameras / "cam1" / "cam1-000" / "frame_00000.jpg").read_bytes()
+    (cameras / "cam2" / "cam2-000" / "frame_99999.jpg").write_bytes(good[: len(good) // 3])
+    return {"labeled": str(labeled), "cameras": str(cameras), "labeled_objects": len(keys), "videos": len(truths)}
+
+
+def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> dict[str, Any]:
+    """Generate a synthetic archive in ``workdir`` and run featurize -> train -> run on it."""
+    root = Path(workdir).resolve()
+    archive = make_demo_archive(root / "archive")
+    out = root / "output"
+    labeled_conf = conf.replace("input", layout="{label}/**")
+    train_features = featurize(
+        spark, input_uri=archive["labeled"], output=str(out / "features"), conf=labeled_conf, run_id=run_id, errors_output=str(out / "errors-labeled")
+    )
+    tsum = train(spark, features=str(out / "features"), model_dir=str(out / "model"), conf=conf)
+    camera_conf = conf.replace("input", layout="{camera_id}/{video_id}/**")
+    rsum = run(spark, input_uri=archive["cameras"], model_dir=str(out / "model"), output=str(out), conf=camera_conf, run_id=run_id)
+    return {"archive": archive, "featurize_labeled": train_features, "train": tsum, "run": rsum, "output": str(out)}

@@ -1,0 +1,233 @@
+"""Predict: broadcast booster -> per-frame probabilities -> rolling average per video -> Parquet.
+
+The smoothed probabilities of frame i of a video (frames ordered by ``frame_ts, frame_idx``, then
+``uri`` so ties are deterministic) are the mean of the raw probability vectors of frames
+``max(0, i-K+1) .. i``: the rolling-prediction-averaging recipe that stops label flicker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from vidspark.config import Conf
+from vidspark.errors import ConfigError
+from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
+from vidspark.outputs import join, read_table, write_partitioned
+from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+_BOOSTERS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+_IDENTITY = [f.name for f in IDENTITY_FIELDS]
+_ORDER = ["frame_ts", "frame_idx", "uri"]
+
+
+def rolling_mean(probabilities: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` rows (fewer at the start) for every row of an ``(n, c)`` array."""
+    if window < 1:
+        raise ConfigError(f"window must be >= 1, got {window}")
+    p = np.asarray(probabilities, dtype=np.float64)
+    if len(p) == 0 or window == 1:
+        return p.copy()
+    cs = np.cumsum(p, axis=0)
+    out = cs.copy()
+    out[window:] = cs[window:] - cs[:-window]
+    counts = np.minimum(np.arange(1, len(p) + 1), window)[:, None]
+    return out / counts
+
+
+def label_switches(labels: np.ndarray) -> int:
+    """How many times the label changes from one frame to the next."""
+    labels = np.asarray(labels)
+    return int((labels[1:] != labels[:-1]).sum()) if len(labels) > 1 else 0
+
+
+def _booster_for(model_str: str) -> Any:
+    import lightgbm as lgb
+
+    key = hashlib.sha256(model_str.encode("utf-8")).hexdigest()
+    with _LOCK:
+        booster = _BOOSTERS.get(key)
+        if booster is None:
+            booster = _BOOSTERS[key] = lgb.Booster(model_str=model_str)
+        return booster
+
+
+def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int, feature_dim: int) -> DataFrame:
+    """Add ``probabilities`` (per-class, model class order) with a pandas UDF over Arrow batches.
+
+    ``model_bc`` is a broadcast of the LightGBM model text; each Python worker parses it once.
+    """
+
+    @F.pandas_udf(T.ArrayType(T.DoubleType(), False))  # type: ignore[call-overload]
+    def proba_udf(features: pd.Series) -> pd.Series:
+        if len(features) == 0:
+            return pd.Series([], dtype=object)
+        X = np.stack(features.to_numpy()).astype(np.float32, copy=False)
+        if X.shape[1] != feature_dim:
+            raise ValueError(f"features have {X.shape[1]} values per frame, the model expects {feature_dim}")
+        proba = predict_proba(_booster_for(model_bc.value), X, n_classes)
+        return pd.Series(list(proba))
+
+    return features_df.withColumn("probabilities", proba_udf(F.col("features")))
+
+
+def _label_columns(df: DataFrame, classes: list[str], prob_col: str, label_col: str, value_col: str) -> DataFrame:
+    classes_arr = F.array(*[F.lit(c) for c in classes])
+    best = F.array_max(F.col(prob_col))
+    # array_position is 1-based and returns the first maximum, as numpy's argmax does.
+    return df.withColumn(value_col, best).withColumn(label_col, F.element_at(classes_arr, F.array_position(F.col(prob_col), best).cast("int")))
+
+
+def make_smoother(classes: list[str], window: int) -> Any:
+    """``applyInPandas`` function smoothing one video's frames."""
+    class_arr = np.asarray(classes, dtype=object)
+
+    def smooth(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.sort_values(_ORDER, kind="stable").reset_index(drop=True)
+        raw = np.stack(pdf["probabilities"].to_numpy()) if len(pdf) else np.zeros((0, len(classes)))
+        sm = rolling_mean(raw, window)
+        raw_idx, sm_idx = raw.argmax(axis=1), sm.argmax(axis=1)
+        pdf["predicted_label"] = class_arr[raw_idx]
+        pdf["predicted_prob"] = raw[np.arange(len(raw)), raw_idx]
+        pdf["smoothed_probabilities"] = list(sm)
+        pdf["smoothed_label"] = class_arr[sm_idx]
+        pdf["smoothed_prob"] = sm[np.arange(len(sm)), sm_idx]
+        return pdf[FRAME_PREDICTIONS_SCHEMA.fieldNames()]
+
+    return smooth
+
+
+def with_smoothing(frames_df: DataFrame, *, classes: list[str], window: int) -> DataFrame:
+    """Add labels and the rolling average per ``(camera_id, video_id)``.
+
+    Frames with no ``video_id`` (single images) are their own sequence: smoothed equals raw.
+    """
+    base_cols = [
+        c
+        for c in FRAME_PREDICTIONS_SCHEMA.fieldNames()
+        if c not in ("predicted_label", "predicted_prob", "smoothed_probabilities", "smoothed_label", "smoothed_prob")
+    ]
+    df = frames_df.select(*base_cols)
+    videos = df.where(F.col("video_id").isNotNull())
+    singles = df.where(F.col("video_id").isNull())
+    smoothed_videos = videos.groupBy("camera_id", "video_id").applyInPandas(make_smoother(classes, window), schema=FRAME_PREDICTIONS_SCHEMA)
+    singles = _label_columns(singles, classes, "probabilities", "predicted_label", "predicted_prob")
+    singles = singles.withColumn("smoothed_probabilities", F.col("probabilities"))
+    singles = _label_columns(singles, classes, "smoothed_probabilities", "smoothed_label", "smoothed_prob")
+    return smoothed_videos.unionByName(singles.select(*FRAME_PREDICTIONS_SCHEMA.fieldNames()))
+
+
+def make_video_summary(classes: list[str]) -> Any:
+    """``applyInPandas`` function: one row per video from its smoothed frames."""
+    class_arr = np.asarray(classes, dtype=object)
+
+    def summarize(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.sort_values(_ORDER, kind="stable")
+        mean = np.stack(pdf["probabilities"].to_numpy()).mean(axis=0)
+        best = int(mean.argmax())
+        return pd.DataFrame(
+            {
+                "camera_id": [pdf["camera_id"].iloc[0]],
+                "video_id": [pdf["video_id"].iloc[0]],
+                "date": [pdf["date"].iloc[0]],
+                "start_ts": [pdf["frame_ts"].iloc[0]],
+                "end_ts": [pdf["frame_ts"].iloc[-1]],
+                "n_frames": [len(pdf)],
+                "label": [class_arr[best]],
+                "prob": [float(mean[best])],
+                "mean_probabilities": [mean],
+                "raw_label_switches": [label_switches(pdf["predicted_label"].to_numpy())],
+                "smoothed_label_switches": [label_switches(pdf["smoothed_label"].to_numpy())],
+            }
+        )
+
+    return summarize
+
+
+def video_summaries(frames_df: DataFrame, *, classes: list[str]) -> DataFrame:
+    """One row per video (frames with a ``video_id``): label from mean probabilities, flicker counts."""
+    cols = ["camera_id", "video_id", "date", "frame_ts", "frame_idx", "uri", "probabilities", "predicted_label", "smoothed_label"]
+    return (
+        frames_df.where(F.col("video_id").isNotNull())
+        .select(*cols)
+        .groupBy("camera_id", "video_id")
+        .applyInPandas(make_video_summary(classes), schema=VIDEO_PREDICTIONS_SCHEMA)
+    )
+
+
+def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int) -> DataFrame:
+    """Features -> smoothed frame predictions (``FRAME_PREDICTIONS_SCHEMA``), after checking the model fits."""
+    featurizers = [r[0] for r in features_df.select("featurizer").distinct().collect()]
+    first = features_df.select(F.size("features").alias("n")).first()
+    check_compatible(model, featurizers=featurizers, feature_dim=int(first["n"]) if first else None)
+    model_bc = spark.sparkContext.broadcast(model.model_str)
+    with_proba = with_probabilities(features_df.select(*_IDENTITY, "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim)
+    return with_smoothing(with_proba.drop("features"), classes=model.classes, window=window)
+
+
+def predict(
+    spark: SparkSession, *, features: str, model_dir: str, output: str, conf: Conf, window: int | None = None, features_df: DataFrame | None = None
+) -> dict[str, Any]:
+    """Predict every frame in ``features`` and write ``output/frames`` and ``output/videos``.
+
+    Raises
+    ------
+    ModelError
+        If the model directory is damaged or does not match the features.
+    """
+    window = window or conf.predict.window
+    if window < 1:
+        raise ConfigError(f"--window must be >= 1, got {window}")
+    t0 = time.perf_counter()
+    model = load_model_dir(model_dir)
+    if features_df is None:
+        features_df = read_table(spark, features, FEATURES_SCHEMA)
+    frames_df = predict_frames(spark, features_df, model, window=window).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        frames_out, videos_out = join(output, "frames"), join(output, "videos")
+        write_partitioned(frames_df, frames_out)
+        videos_df = video_summaries(frames_df, classes=model.classes).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            write_partitioned(videos_df, videos_out)
+            stats = videos_df.agg(
+                F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")
+            ).first()
+            n_frames = frames_df.count()
+        finally:
+            videos_df.unpersist()
+    finally:
+        frames_df.unpersist()
+    summary = {
+        "features": features,
+        "model": model_dir,
+        "classes": model.classes,
+        "window": window,
+        "frames": n_frames,
+        "videos": int(stats["videos"] or 0) if stats else 0,
+        "raw_label_switches": int(stats["raw"] or 0) if stats else 0,
+        "smoothed_label_switches": int(stats["smoothed"] or 0) if stats else 0,
+        "frames_output": frames_out,
+        "videos_output": videos_out,
+        "timings": {"predict_s": round(time.perf_counter() - t0, 3)},
+    }
+    logger.info(
+        "predict done: %d frames, %d videos, label switches raw %d -> smoothed %d",
+        n_frames,
+        summary["videos"],
+        summary["raw_label_switches"],
+        summary["smoothed_label_switches"],
+    )
+    return summary

@@ -1,0 +1,81 @@
+"""Spark schemas of every table vidspark writes (the data contracts of DESIGN.md)."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+IDENTITY_FIELDS = [
+    T.StructField("uri", T.StringType(), False),
+    T.StructField("etag", T.StringType(), True),
+    T.StructField("camera_id", T.StringType(), False),
+    T.StructField("video_id", T.StringType(), True),
+    T.StructField("frame_idx", T.LongType(), False),
+    T.StructField("frame_ts", T.TimestampType(), False),
+    T.StructField("date", T.DateType(), False),
+    T.StructField("label", T.StringType(), True),
+]
+
+INVENTORY_SCHEMA = T.StructType([*IDENTITY_FIELDS, T.StructField("size", T.LongType(), True)])
+
+FEATURES_SCHEMA = T.StructType(
+    [
+        *IDENTITY_FIELDS,
+        T.StructField("features", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("featurizer", T.StringType(), False),
+    ]
+)
+
+ERRORS_SCHEMA = T.StructType(
+    [
+        T.StructField("uri", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("error_type", T.StringType(), False),
+        T.StructField("message", T.StringType(), True),
+        T.StructField("run_id", T.StringType(), False),
+    ]
+)
+
+# Output of the featurize mapInPandas: a features row, or an error row (features null, stage set).
+FEATURIZE_RESULT_SCHEMA = T.StructType(
+    [
+        *IDENTITY_FIELDS,
+        T.StructField("features", T.ArrayType(T.FloatType(), False), True),
+        T.StructField("featurizer", T.StringType(), True),
+        T.StructField("stage", T.StringType(), True),
+        T.StructField("error_type", T.StringType(), True),
+        T.StructField("message", T.StringType(), True),
+    ]
+)
+
+_PROB = T.ArrayType(T.DoubleType(), False)
+
+FRAME_PREDICTIONS_SCHEMA = T.StructType(
+    [
+        *[f for f in IDENTITY_FIELDS if f.name != "label"],
+        T.StructField("probabilities", _PROB, False),
+        T.StructField("predicted_label", T.StringType(), False),
+        T.StructField("predicted_prob", T.DoubleType(), False),
+        T.StructField("smoothed_probabilities", _PROB, False),
+        T.StructField("smoothed_label", T.StringType(), False),
+        T.StructField("smoothed_prob", T.DoubleType(), False),
+        T.StructField("label", T.StringType(), True),
+    ]
+)
+
+VIDEO_PREDICTIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("camera_id", T.StringType(), False),
+        T.StructField("video_id", T.StringType(), False),
+        T.StructField("date", T.DateType(), False),
+        T.StructField("start_ts", T.TimestampType(), False),
+        T.StructField("end_ts", T.TimestampType(), False),
+        T.StructField("n_frames", T.LongType(), False),
+        T.StructField("label", T.StringType(), False),
+        T.StructField("prob", T.DoubleType(), False),
+        T.StructField("mean_probabilities", _PROB, False),
+        T.StructField("raw_label_switches", T.LongType(), False),
+        T.StructField("smoothed_label_switches", T.LongType(), False),
+    ]
+)
+
+PARTITION_COLUMNS = ("camera_id", "date")

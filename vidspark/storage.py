@@ -1,0 +1,209 @@
+"""Object storage: S3 (any S3-compatible endpoint, through boto3) and local folders.
+
+Listing runs once on the driver (paginated); reading runs on executors, one client per Python
+worker. Credentials come only from boto3's standard chain (environment, profile, instance role);
+the endpoint from ``storage.endpoint_url`` or boto3's own ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from vidspark.config import StorageConf
+from vidspark.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed input URI: ``s3://bucket/prefix`` or a local folder."""
+
+    scheme: str  # "s3" or "file"
+    bucket: str  # empty for file
+    prefix: str  # s3: key prefix without trailing slash; file: absolute folder path
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/") if self.scheme == "s3" else self.prefix
+
+    def object_uri(self, rel_key: str) -> str:
+        """Full URI of an object below this location."""
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}{rel_key}"
+        return str(Path(self.prefix) / rel_key)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object."""
+
+    uri: str
+    rel_key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+def parse_uri(uri: str) -> Location:
+    """Parse an input URI.
+
+    Raises
+    ------
+    StorageError
+        For an unsupported scheme (``s3a://`` is accepted as ``s3://`` for input).
+    """
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("s3", "s3a", "s3n"):
+        if not parsed.netloc:
+            raise StorageError(f"input URI {uri!r} has no bucket; expected s3://bucket/prefix")
+        return Location("s3", parsed.netloc, parsed.path.strip("/"))
+    if scheme == "file":
+        return Location("file", "", str(Path(unquote(parsed.path)).resolve()))
+    if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
+        return Location("file", "", str(Path(uri).expanduser().resolve()))
+    raise StorageError(f"input URI {uri!r}: scheme {scheme!r} is not supported; use s3://bucket/prefix, file:///path or a local path")
+
+
+def make_s3_client(conf: StorageConf) -> Any:
+    """A boto3 S3 client built from the conf; endpoint/credentials otherwise from boto3's chain."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(
+        retries={"mode": conf.retry_mode, "max_attempts": conf.max_attempts},
+        connect_timeout=conf.connect_timeout,
+        read_timeout=conf.read_timeout,
+        s3={"addressing_style": conf.addressing_style},
+        max_pool_connections=64,
+    )
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=conf.endpoint_url or None, region_name=conf.region or None, config=cfg)
+
+
+_client_lock = threading.Lock()
+_clients: dict[StorageConf, Any] = {}
+
+
+def cached_s3_client(conf: StorageConf) -> Any:
+    """One client per Python worker and conf (boto3 clients are thread-safe)."""
+    with _client_lock:
+        client = _clients.get(conf)
+        if client is None:
+            client = _clients[conf] = make_s3_client(conf)
+        return client
+
+
+def endpoint_of(client: Any) -> str:
+    return str(getattr(getattr(client, "meta", None), "endpoint_url", "?"))
+
+
+def check_readable(location: Location, client: Any = None) -> None:
+    """Fail fast, before any Spark work, if the input cannot be read.
+
+    Raises
+    ------
+    StorageError
+        Naming the bucket/folder and endpoint, and what to check.
+    """
+    if location.scheme == "file":
+        if not Path(location.prefix).is_dir():
+            raise StorageError(f"input folder {location.prefix!r} does not exist or is not a folder")
+        return
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    endpoint = endpoint_of(client)
+    try:
+        client.head_bucket(Bucket=location.bucket)
+    except NoCredentialsError as exc:
+        raise StorageError(
+            f"no AWS credentials found for bucket {location.bucket!r} at {endpoint}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run where an instance/pod role is available"
+        ) from exc
+    except EndpointConnectionError as exc:
+        raise StorageError(
+            f"cannot reach the S3 endpoint {endpoint} for bucket {location.bucket!r}: check storage.endpoint_url / AWS_ENDPOINT_URL_S3 and the network"
+        ) from exc
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchBucket") or status == 404:
+            raise StorageError(f"bucket {location.bucket!r} does not exist at {endpoint}: check the input URI and endpoint") from exc
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
+            raise StorageError(
+                f"access to bucket {location.bucket!r} at {endpoint} was denied ({code or status}): check the credentials and "
+                "the bucket policy (s3:ListBucket and s3:GetObject are needed)"
+            ) from exc
+        raise StorageError(f"bucket {location.bucket!r} at {endpoint}: {code or status}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"bucket {location.bucket!r} at {endpoint}: {type(exc).__name__}: {exc}") from exc
+
+
+def list_objects(location: Location, client: Any = None) -> Iterator[ObjectInfo]:
+    """List every object below the location (S3 paginated, folders recursively).
+
+    Folder markers (keys ending in ``/``) are skipped; nothing else is filtered, so that every
+    object is either featurized or accounted for as an error.
+    """
+    if location.scheme == "file":
+        root = Path(location.prefix)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except OSError:  # vanished between walk and stat; nothing to read
+                    continue
+                rel = path.relative_to(root).as_posix()
+                yield ObjectInfo(
+                    uri=str(path),
+                    rel_key=rel,
+                    size=st.st_size,
+                    etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
+                    last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+                )
+        return
+    prefix = location.prefix + "/" if location.prefix else ""
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix):
+        for obj in page.get("Contents", ()):
+            key = obj["Key"]
+            if key.endswith("/"):
+                continue
+            yield ObjectInfo(
+                uri=f"s3://{location.bucket}/{key}",
+                rel_key=key[len(prefix) :],
+                size=int(obj.get("Size", 0)),
+                etag=str(obj.get("ETag", "")).strip('"'),
+                last_modified=obj["LastModified"].astimezone(timezone.utc),
+            )
+
+
+def read_object(uri: str, *, client: Any = None, etag: str | None = None) -> bytes:
+    """Read one object's bytes on an executor.
+
+    With ``etag`` for S3 the read is conditional (``IfMatch``), so an object replaced since the
+    listing raises instead of being mixed into this run.
+    """
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        body = client.get_object(**kwargs)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+    with open(uri, "rb") as fh:
+        return fh.read()
