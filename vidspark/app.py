@@ -58,9 +58,7 @@ def check_java() -> None:
     home = os.environ.get("JAVA_HOME")
     java = os.path.join(home, "bin", "java") if home else shutil.which("java")
     if not java or not os.path.exists(java):
-        raise EnvironmentProblem(
-            f"Java not found: PySpark needs Java {MIN_JAVA} or newer; install it (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
-        )
+        raise EnvironmentProblem(f"Java not found: PySpark needs Java {MIN_JAVA} or newer; install it (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
     major = java_major(java)
     if major is None or major < MIN_JAVA:
         raise EnvironmentProblem(f"{java} is Java {major or 'unknown'}; PySpark needs Java {MIN_JAVA} or newer: install openjdk-17 and set JAVA_HOME")

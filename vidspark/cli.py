@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> Conf:
     overrides = list(args.set)
     if getattr(args, "layout", None):
-        overrides.append(f"input.layout={json.dumps(args.layout)}")
+        overrides.append(f"input.layout={args.layout}")
     if getattr(args, "folds", None) is not None:
         overrides.append(f"train.folds={args.folds}")
     if getattr(args, "window", None) is not None:
@@ -90,17 +90,13 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
 
     v = args.verb
     if v == "featurize":
-        return (
-            lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors)
-        ), outputs.sibling(args.output, "runs")
+        return (lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors)), outputs.sibling(args.output, "runs")
     if v == "train":
         return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf)), outputs.sibling(args.model, "runs")
     if v == "predict":
         return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf)), outputs.join(args.output, "runs")
     if v == "run":
-        return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(
-            args.output, "runs"
-        )
+        return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(args.output, "runs")
     if v == "demo":
         return (lambda s: pipeline.demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), outputs.join(args.workdir, "output", "runs")
     raise ConfigError(f"unknown verb {v!r}")  # pragma: no cover - argparse restricts verbs
@@ -179,8 +175,7 @@ def render_summary(verb: str, s: dict[str, Any]) -> str:
         f"  labeled set:   {f1['featurized']} frames featurized ({f1['error_count']} errors), classes {t['classes']}",
         f"  cross-val:     {t['n_splits']}-fold grouped, accuracy {t['cv_accuracy']:.3f}, F1 {t['cv_f1']:.3f}, ROC AUC {t['cv_roc_auc']:.3f}",
         f"  cameras:       {fc['featurized']} frames featurized, {fc['error_count']} errors {fc['errors_by_stage']}",
-        f"  videos:        {pc.get('videos', 0)} classified, label switches raw {pc.get('raw_label_switches', 0)}"
-        f" -> smoothed {pc.get('smoothed_label_switches', 0)} (window {pc.get('window')})",
+        f"  videos:        {pc.get('videos', 0)} classified, label switches raw {pc.get('raw_label_switches', 0)} -> smoothed {pc.get('smoothed_label_switches', 0)} (window {pc.get('window')})",
         f"  featurizer:    {fc['featurizer']}",
         "  outputs:",
         f"    features     {s['output']}/features",

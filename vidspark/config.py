@@ -239,24 +239,33 @@ def _validate_cross(conf: Conf) -> None:
         raise ConfigError("conf key 'featurizer.weights': empty; allowed: imagenet, random, a local path or s3:// URI")
 
 
+def _scalar(text: str) -> Any:
+    """A ``--set`` value: YAML scalar (int, float, bool, null) or else the text itself.
+
+    Text such as ``{label}/**`` is YAML flow syntax, but on the command line it is meant as a string.
+    """
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) else value
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, for example featurizer.batch_size=64")
     key, _, text = item.partition("=")
     key = key.strip()
+    value = _scalar(text)
     if key.startswith("spark."):
-        return ["spark", key], yaml.safe_load(text) if text else ""
+        return ["spark", key], value
     parts = key.split(".")
-    if len(parts) < 2:
-        raise ConfigError(f"--set {item!r}: key must be section.key, for example predict.window=64")
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
-    if parts[0] == "train" and len(parts) == 3 and parts[1] == "params":
+    if len(parts) == 3 and parts[:2] == ["train", "params"]:
         return parts, value
     if len(parts) != 2:
-        raise ConfigError(f"--set {item!r}: key must be section.key")
+        raise ConfigError(f"--set {item!r}: key must be section.key, for example predict.window=64")
     return parts, value
 
 

@@ -60,10 +60,7 @@ def featurizer_id(conf: FeaturizerConf, storage: StorageConf | None = None, *, s
     else:
         path = Path(w).expanduser()
         if not path.is_file():
-            raise ConfigError(
-                f"conf key 'featurizer.weights': {w!r} is not a file; allowed: imagenet, random, a local path or s3:// URI "
-                "of a Keras ResNet50 'notop' weights file"
-            )
+            raise ConfigError(f"conf key 'featurizer.weights': {w!r} is not a file; allowed: imagenet, random, a local path or s3:// URI of a Keras ResNet50 'notop' weights file")
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -90,9 +90,7 @@ class Layout:
                     seen.add(name)
                     piece += rf"(?P<{name}>\d+)" if name == "frame_idx" else rf"(?P<{name}>[^/]+?)"
                 else:
-                    raise LayoutError(
-                        f"layout template {template!r}: unknown field {{{name}}}; allowed: " + ", ".join("{" + f + "}" for f in (*FIELDS, "_")) + ", **"
-                    )
+                    raise LayoutError(f"layout template {template!r}: unknown field {{{name}}}; allowed: " + ", ".join("{" + f + "}" for f in (*FIELDS, "_")) + ", **")
                 pos = m.end()
             rest = part[pos:]
             if "{" in rest or "}" in rest:

@@ -150,8 +150,7 @@ def check_compatible(model: TrainedModel, *, featurizers: list[str], feature_dim
     others = sorted(set(featurizers) - {model.featurizer})
     if others:
         raise ModelError(
-            f"the model was trained on features of {model.featurizer!r} but these features come from {others}: "
-            "featurize again with the model's featurizer settings, or train a model on these features"
+            f"the model was trained on features of {model.featurizer!r} but these features come from {others}: featurize again with the model's featurizer settings, or train a model on these features"
         )
     if feature_dim is not None and feature_dim != model.feature_dim:
         raise ModelError(f"the model expects {model.feature_dim} features per frame but these features have {feature_dim}")

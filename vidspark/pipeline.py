@@ -84,9 +84,7 @@ def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> dict[
     archive = make_demo_archive(root / "archive")
     out = root / "output"
     labeled_conf = conf.replace("input", layout="{label}/**")
-    train_features = featurize(
-        spark, input_uri=archive["labeled"], output=str(out / "features"), conf=labeled_conf, run_id=run_id, errors_output=str(out / "errors-labeled")
-    )
+    train_features = featurize(spark, input_uri=archive["labeled"], output=str(out / "features"), conf=labeled_conf, run_id=run_id, errors_output=str(out / "errors-labeled"))
     tsum = train(spark, features=str(out / "features"), model_dir=str(out / "model"), conf=conf)
     camera_conf = conf.replace("input", layout="{camera_id}/{video_id}/**")
     rsum = run(spark, input_uri=archive["cameras"], model_dir=str(out / "model"), output=str(out), conf=camera_conf, run_id=run_id)

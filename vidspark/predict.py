@@ -115,11 +115,7 @@ def with_smoothing(frames_df: DataFrame, *, classes: list[str], window: int) -> 
 
     Frames with no ``video_id`` (single images) are their own sequence: smoothed equals raw.
     """
-    base_cols = [
-        c
-        for c in FRAME_PREDICTIONS_SCHEMA.fieldNames()
-        if c not in ("predicted_label", "predicted_prob", "smoothed_probabilities", "smoothed_label", "smoothed_prob")
-    ]
+    base_cols = [c for c in FRAME_PREDICTIONS_SCHEMA.fieldNames() if c not in ("predicted_label", "predicted_prob", "smoothed_probabilities", "smoothed_label", "smoothed_prob")]
     df = frames_df.select(*base_cols)
     videos = df.where(F.col("video_id").isNotNull())
     singles = df.where(F.col("video_id").isNull())
@@ -160,12 +156,7 @@ def make_video_summary(classes: list[str]) -> Any:
 def video_summaries(frames_df: DataFrame, *, classes: list[str]) -> DataFrame:
     """One row per video (frames with a ``video_id``): label from mean probabilities, flicker counts."""
     cols = ["camera_id", "video_id", "date", "frame_ts", "frame_idx", "uri", "probabilities", "predicted_label", "smoothed_label"]
-    return (
-        frames_df.where(F.col("video_id").isNotNull())
-        .select(*cols)
-        .groupBy("camera_id", "video_id")
-        .applyInPandas(make_video_summary(classes), schema=VIDEO_PREDICTIONS_SCHEMA)
-    )
+    return frames_df.where(F.col("video_id").isNotNull()).select(*cols).groupBy("camera_id", "video_id").applyInPandas(make_video_summary(classes), schema=VIDEO_PREDICTIONS_SCHEMA)
 
 
 def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int) -> DataFrame:
@@ -178,9 +169,7 @@ def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedMo
     return with_smoothing(with_proba.drop("features"), classes=model.classes, window=window)
 
 
-def predict(
-    spark: SparkSession, *, features: str, model_dir: str, output: str, conf: Conf, window: int | None = None, features_df: DataFrame | None = None
-) -> dict[str, Any]:
+def predict(spark: SparkSession, *, features: str, model_dir: str, output: str, conf: Conf, window: int | None = None, features_df: DataFrame | None = None) -> dict[str, Any]:
     """Predict every frame in ``features`` and write ``output/frames`` and ``output/videos``.
 
     Raises
@@ -202,9 +191,7 @@ def predict(
         videos_df = video_summaries(frames_df, classes=model.classes).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             write_partitioned(videos_df, videos_out)
-            stats = videos_df.agg(
-                F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")
-            ).first()
+            stats = videos_df.agg(F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")).first()
             n_frames = frames_df.count()
         finally:
             videos_df.unpersist()

@@ -126,13 +126,10 @@ def check_readable(location: Location, client: Any = None) -> None:
         client.head_bucket(Bucket=location.bucket)
     except NoCredentialsError as exc:
         raise StorageError(
-            f"no AWS credentials found for bucket {location.bucket!r} at {endpoint}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run where an instance/pod role is available"
+            f"no AWS credentials found for bucket {location.bucket!r} at {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run where an instance/pod role is available"
         ) from exc
     except EndpointConnectionError as exc:
-        raise StorageError(
-            f"cannot reach the S3 endpoint {endpoint} for bucket {location.bucket!r}: check storage.endpoint_url / AWS_ENDPOINT_URL_S3 and the network"
-        ) from exc
+        raise StorageError(f"cannot reach the S3 endpoint {endpoint} for bucket {location.bucket!r}: check storage.endpoint_url / AWS_ENDPOINT_URL_S3 and the network") from exc
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -140,8 +137,7 @@ def check_readable(location: Location, client: Any = None) -> None:
             raise StorageError(f"bucket {location.bucket!r} does not exist at {endpoint}: check the input URI and endpoint") from exc
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
             raise StorageError(
-                f"access to bucket {location.bucket!r} at {endpoint} was denied ({code or status}): check the credentials and "
-                "the bucket policy (s3:ListBucket and s3:GetObject are needed)"
+                f"access to bucket {location.bucket!r} at {endpoint} was denied ({code or status}): check the credentials and the bucket policy (s3:ListBucket and s3:GetObject are needed)"
             ) from exc
         raise StorageError(f"bucket {location.bucket!r} at {endpoint}: {code or status}: {exc}") from exc
     except BotoCoreError as exc:

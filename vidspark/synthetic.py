@@ -100,9 +100,7 @@ def jpeg_bytes(img: Image.Image, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
-def write_labeled_set(
-    sink: Sink, *, classes: tuple[str, ...] = CLASSES[:2], per_class: int = 30, seed: int = 0, prefix: str = "", size: tuple[int, int] = (320, 240)
-) -> list[str]:
+def write_labeled_set(sink: Sink, *, classes: tuple[str, ...] = CLASSES[:2], per_class: int = 30, seed: int = 0, prefix: str = "", size: tuple[int, int] = (320, 240)) -> list[str]:
     """Labeled stills under ``{label}/{label}_NNNN.jpg``; returns the keys written."""
     rng = np.random.default_rng(seed)
     keys = []

@@ -169,9 +169,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, n_classes: int
 
     y_pred = proba.argmax(axis=1)
     average = "binary" if n_classes == 2 else "macro"
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, average=average, zero_division=0, labels=None if n_classes == 2 else list(range(n_classes))
-    )
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0, labels=None if n_classes == 2 else list(range(n_classes)))
     auc: float | None
     try:
         if n_classes == 2:

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real S3 HTTP endpoint on loopback (moto's server) and one local Spark session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import uuid
+
+import pytest
+
+# Before anything imports boto3 or starts a JVM: fake credentials for the local endpoint only, and
+# Spark's Python workers on this interpreter, bound to loopback.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "vidspark-test-key",
+        "AWS_SECRET_ACCESS_KEY": "vidspark-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+)
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(var, None)
+
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1; boto3 finds it through AWS_ENDPOINT_URL_S3."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = url
+    yield url
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture()
+def s3_client(s3_endpoint):
+    from vidspark.config import StorageConf
+    from vidspark.storage import make_s3_client
+
+    return make_s3_client(StorageConf(endpoint_url=s3_endpoint))
+
+
+@pytest.fixture()
+def bucket(s3_client):
+    name = f"vidspark-{uuid.uuid4().hex[:10]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def spark(s3_endpoint):
+    """One local[2] session for the whole run (started after the S3 endpoint, so workers inherit its env)."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("vidspark-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+        .config("spark.driver.memory", "3g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def test_conf_args():
+    """--set arguments every Spark test uses: seeded random weights, small batches."""
+    return ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=16", "--set", "train.num_boost_round=60"]

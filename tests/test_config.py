@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from vidspark.cli import main
+from vidspark.config import REDACTED, Conf, load_conf, redacted
+from vidspark.errors import ConfigError
+
+
+def test_defaults_and_repo_confs_load():
+    assert load_conf().predict.window == 128
+    for name in ("local", "cluster", "gpu"):
+        conf = load_conf(f"conf/{name}.yaml")
+        assert isinstance(conf, Conf)
+    assert load_conf("conf/gpu.yaml").spark["spark.task.resource.gpu.amount"] == 0.25
+
+
+def test_overrides_are_typed():
+    conf = load_conf(overrides=["featurizer.batch_size=64", "predict.window=1", "train.params.num_leaves=7", "spark.sql.shuffle.partitions=3"])
+    assert conf.featurizer.batch_size == 64 and conf.predict.window == 1
+    assert conf.train.params == {"num_leaves": 7}
+    assert conf.spark["spark.sql.shuffle.partitions"] == 3
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("featurizer.colour=red", "featurizer.colour"),
+        ("nosuch.key=1", "nosuch"),
+        ("featurizer.batch_size=lots", "featurizer.batch_size"),
+        ("featurizer.batch_size=0", "out of range"),
+        ("job.max_error_fraction=1.5", "job.max_error_fraction"),
+        ("storage.retry_mode=sometimes", "allowed: standard, adaptive, legacy"),
+        ("input.layout={colour}/**", "unknown field"),
+        ("predict.window=true", "expected int"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("{", r"\{").replace("}", r"\}")):
+        load_conf(overrides=[override])
+
+
+def test_missing_conf_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_conf(tmp_path / "nope.yaml")
+
+
+def test_redaction():
+    conf = load_conf(overrides=["spark.hadoop.fs.s3a.secret.key=hunter2", "spark.hadoop.fs.s3a.access.key=AKIA123"])
+    red = redacted(conf)["spark"]
+    assert red["spark.hadoop.fs.s3a.secret.key"] == REDACTED
+    assert red["spark.hadoop.fs.s3a.access.key"] == REDACTED
+    assert "hunter2" not in repr(redacted(conf))
+
+
+def test_cli_bad_conf_exits_2_before_spark(capsys, tmp_path):
+    code = main(["featurize", "--input", str(tmp_path), "--output", str(tmp_path / "f"), "--set", "featurizer.batch_size=-1"])
+    assert code == 2
+    assert "featurizer.batch_size" in capsys.readouterr().err

@@ -1,0 +1,163 @@
+"""End to end on local[2] Spark from the local S3 server: featurize -> train -> predict/run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from vidspark.cli import main
+from vidspark.outputs import read_table
+from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, VIDEO_PREDICTIONS_SCHEMA
+from vidspark.synthetic import CLASSES, LocalSink, S3Sink, jpeg_bytes, scene, write_camera_archive, write_labeled_set
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=16", "--set", "train.num_boost_round=80"]
+
+
+def run_cli(spark, *argv: str) -> int:
+    return main([*argv, *COMMON], spark=spark)
+
+
+def last_run_record(folder: Path) -> dict:
+    records = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(records[-1].read_text())
+
+
+@pytest.fixture(scope="module")
+def two_class_archive(s3_endpoint):
+    """Labeled stills (2 classes), two cameras of frame folders, and broken objects, in one bucket."""
+    from vidspark.config import StorageConf
+    from vidspark.storage import make_s3_client
+
+    client = make_s3_client(StorageConf(endpoint_url=s3_endpoint))
+    bucket = "e2e-two-class"
+    client.create_bucket(Bucket=bucket)
+    sink = S3Sink(client, bucket)
+    labeled = write_labeled_set(sink, classes=CLASSES[:2], per_class=24, seed=10, prefix="labeled/")
+    # Broken inputs: zero bytes, truncated JPEG, text with an image name, a key outside the layout.
+    good = jpeg_bytes(scene("car", __import__("numpy").random.default_rng(0)))
+    sink.put("labeled/car/empty.jpg", b"")
+    sink.put("labeled/person/cut.jpg", good[: len(good) // 3])
+    sink.put("labeled/person/notes.jpg", b"not an image at all")
+    sink.put("labeled/stray.jpg", good)
+    truths = write_camera_archive(sink, cameras=("cam1", "cam2"), videos_per_camera=3, frames_per_video=12, classes=CLASSES[:2], flicker=0.2, seed=11, prefix="cameras/")
+    return {"bucket": bucket, "labeled": len(labeled), "broken": 4, "truths": truths, "client": client}
+
+
+def test_two_class_pipeline_from_s3(spark, two_class_archive, tmp_path):
+    a = two_class_archive
+    out = tmp_path / "out"
+    features = str(out / "features")
+
+    # featurize: every listed object is either a features row or an errors row
+    assert run_cli(spark, "featurize", "--input", f"s3://{a['bucket']}/labeled", "--output", features, "--set", "job.max_error_fraction=0.1") == 0
+    feats = read_table(spark, features, FEATURES_SCHEMA)
+    errors = read_table(spark, str(out / "errors"), ERRORS_SCHEMA)
+    n_feat, n_err = feats.count(), errors.count()
+    assert n_feat == a["labeled"]
+    assert n_feat + n_err == a["labeled"] + a["broken"]
+    stages = {r["uri"].rsplit("/", 1)[-1]: r["stage"] for r in errors.collect()}
+    assert stages == {"empty.jpg": "decode", "cut.jpg": "decode", "notes.jpg": "decode", "stray.jpg": "layout"}
+    assert feats.select(F.size("features")).distinct().collect()[0][0] == 2048
+    assert {r["featurizer"] for r in feats.select("featurizer").distinct().collect()} == {"resnet50/random-seed0@224"}
+    record = last_run_record(out / "runs")
+    assert record["status"] == "ok" and record["summary"]["featurized"] == n_feat and record["summary"]["errors_by_stage"] == {"decode": 3, "layout": 1}
+
+    # re-running the same job replaces, never appends
+    assert run_cli(spark, "featurize", "--input", f"s3://{a['bucket']}/labeled", "--output", features, "--set", "job.max_error_fraction=0.1") == 0
+    assert read_table(spark, features, FEATURES_SCHEMA).count() == n_feat
+    assert read_table(spark, str(out / "errors"), ERRORS_SCHEMA).count() == n_err
+
+    # train: grouped stratified CV must learn with random weights
+    model = out / "model"
+    assert run_cli(spark, "train", "--features", features, "--model", str(model), "--folds", "5") == 0
+    meta = json.loads((model / "model.json").read_text())
+    report = json.loads((model / "cv_report.json").read_text())
+    assert meta["classes"] == ["car", "person"] and meta["feature_dim"] == 2048
+    assert meta["cv"]["out_of_fold"]["accuracy"] >= 0.9, meta["cv"]
+    assert len(report["folds"]) == 5 and all(f["roc_auc"] is not None for f in report["folds"])
+    assert sum(map(sum, report["overall_out_of_fold"]["confusion_matrix"])) == n_feat
+    assert (model / "confusion_matrix.png").stat().st_size > 1000
+
+    # nightly run over two cameras: features for the cameras, predictions per frame and per video
+    assert (
+        run_cli(
+            spark,
+            "run",
+            "--input",
+            f"s3://{a['bucket']}/cameras",
+            "--layout",
+            "{camera_id}/{video_id}/**",
+            "--model",
+            str(model),
+            "--output",
+            str(out),
+            "--window",
+            "6",
+        )
+        == 0
+    )
+    frames = read_table(spark, str(out / "predictions" / "frames"), FRAME_PREDICTIONS_SCHEMA)
+    videos = read_table(spark, str(out / "predictions" / "videos"), VIDEO_PREDICTIONS_SCHEMA)
+    n_camera_frames = sum(len(t.frame_labels) for t in a["truths"])
+    assert frames.count() == n_camera_frames
+    assert frames.where(F.col("camera_id") == "unknown").count() == 0  # labeled stills were not predicted by run
+    assert read_table(spark, features, FEATURES_SCHEMA).count() == n_feat + n_camera_frames
+    rows = {(r["camera_id"], r["video_id"]): r for r in videos.collect()}
+    assert len(rows) == len(a["truths"]) == 6
+    correct = sum(rows[(t.camera_id, t.video_id)]["label"] == t.label for t in a["truths"])
+    assert correct >= 5, {k: v["label"] for k, v in rows.items()}
+    for t in a["truths"]:
+        r = rows[(t.camera_id, t.video_id)]
+        assert r["n_frames"] == len(t.frame_labels) and r["start_ts"] <= r["end_ts"]
+        assert r["smoothed_label_switches"] <= r["raw_label_switches"] + 1
+    assert sum(r["smoothed_label_switches"] for r in rows.values()) < sum(r["raw_label_switches"] for r in rows.values())
+    frame_idx = sorted(r["frame_idx"] for r in frames.where((F.col("camera_id") == "cam1") & (F.col("video_id") == "cam1-000")).collect())
+    assert frame_idx == list(range(12))
+
+    # a model trained on other features is refused with a clear message and exit 2
+    other = str(tmp_path / "other-features")
+    assert (
+        main(
+            ["featurize", "--input", f"s3://{a['bucket']}/cameras/cam2", "--layout", "{video_id}/**", "--output", other, *COMMON, "--set", "featurizer.seed=1"],
+            spark=spark,
+        )
+        == 0
+    )
+    assert run_cli(spark, "predict", "--features", other, "--model", str(model), "--output", str(tmp_path / "p")) == 2
+
+
+def test_three_class_set_from_local_folder(spark, tmp_path):
+    write_labeled_set(LocalSink(tmp_path / "in"), classes=CLASSES, per_class=15, seed=3)
+    features, model = str(tmp_path / "features"), tmp_path / "model"
+    assert run_cli(spark, "featurize", "--input", f"file://{tmp_path / 'in'}", "--output", features) == 0
+    assert run_cli(spark, "train", "--features", features, "--model", str(model), "--folds", "3") == 0
+    meta = json.loads((model / "model.json").read_text())
+    report = json.loads((model / "cv_report.json").read_text())
+    assert meta["classes"] == sorted(CLASSES) and meta["objective"] == "multiclass"
+    oof = report["overall_out_of_fold"]
+    assert oof["average"] == "macro" and len(oof["confusion_matrix"]) == 3 and oof["roc_auc"] is not None
+    assert oof["accuracy"] >= 0.8, oof
+    assert meta["training_set"]["per_class"] == {c: 15 for c in CLASSES}
+    # predict the labeled set itself: per-class probabilities in model class order
+    assert run_cli(spark, "predict", "--features", features, "--model", str(model), "--output", str(tmp_path / "pred")) == 0
+    frames = read_table(spark, str(tmp_path / "pred" / "frames"), FRAME_PREDICTIONS_SCHEMA).collect()
+    assert len(frames) == 45 and all(len(r["probabilities"]) == 3 for r in frames)
+    assert sum(r["predicted_label"] == r["label"] for r in frames) >= 40
+
+
+def test_error_fraction_over_limit_exits_4_and_still_writes(spark, tmp_path):
+    sink = LocalSink(tmp_path / "in")
+    write_labeled_set(sink, classes=("car",), per_class=6, seed=1)
+    for i in range(3):
+        sink.put(f"car/broken_{i}.jpg", b"\xff\xd8\xff garbage")
+    code = run_cli(spark, "featurize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "f"), "--set", "job.max_error_fraction=0.2")
+    assert code == 4
+    assert read_table(spark, str(tmp_path / "f"), FEATURES_SCHEMA).count() == 6
+    assert read_table(spark, str(tmp_path / "errors"), ERRORS_SCHEMA).count() == 3
+    record = last_run_record(tmp_path / "runs")
+    assert record["exit_code"] == 4 and "max_error_fraction" in record["message"]

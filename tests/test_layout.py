@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from vidspark.errors import ConfigError, LayoutError
+from vidspark.layout import Layout, LayoutMismatch, natural_key
+
+
+def test_label_and_double_star():
+    layout = Layout("{label}/**")
+    assert layout.parse("car/electric-cars-17.jpeg").label == "car"
+    assert layout.parse("car/sub/dir/x.png").label == "car"
+
+
+def test_double_star_needs_a_file_at_the_end():
+    with pytest.raises(LayoutMismatch):
+        Layout("{label}/**").parse("lonely.jpg")
+
+
+def test_camera_video_frame_folders():
+    kf = Layout("{camera_id}/{video_id}/**").parse("cam1/vid-7/frame_0003.jpg")
+    assert (kf.camera_id, kf.video_id, kf.label, kf.frame_idx) == ("cam1", "vid-7", None, None)
+
+
+def test_ignored_component_and_whole_file_field_drops_extension():
+    kf = Layout("{camera_id}/{_}/{video_id}").parse("cam3/2026-11-20/143000.mp4")
+    assert (kf.camera_id, kf.video_id) == ("cam3", "143000")
+
+
+def test_frame_idx_and_literal_text_in_component():
+    kf = Layout("{camera_id}/frame_{frame_idx}.jpg").parse("cam2/frame_0042.jpg")
+    assert kf.frame_idx == 42 and kf.camera_id == "cam2"
+    with pytest.raises(LayoutMismatch):
+        Layout("{camera_id}/frame_{frame_idx}.jpg").parse("cam2/frame_x.jpg")
+
+
+def test_ts_parsed_as_utc():
+    kf = Layout("{camera_id}/{ts}.jpg", ts_format="%Y%m%dT%H%M%S").parse("cam1/20261120T143005.jpg")
+    assert kf.ts == datetime(2026, 11, 20, 14, 30, 5, tzinfo=timezone.utc)
+
+
+def test_ts_that_does_not_match_format_is_a_mismatch():
+    with pytest.raises(LayoutMismatch, match="ts_format"):
+        Layout("{camera_id}/{ts}.jpg").parse("cam1/yesterday.jpg")
+
+
+def test_middle_double_star():
+    layout = Layout("{camera_id}/**/{video_id}")
+    assert layout.parse("cam1/a/b/c/v1.mp4").video_id == "v1"
+    assert layout.parse("cam1/v2.mp4").video_id == "v2"
+
+
+@pytest.mark.parametrize("key", ["car", "", "car/x/y.jpg"])
+def test_non_matching_keys(key):
+    with pytest.raises(LayoutMismatch):
+        Layout("{label}/{_}").parse(key)
+
+
+@pytest.mark.parametrize("template", ["", "/", "{colour}/**", "{label}/{label}", "{label}/a**b", "{label/x"])
+def test_bad_templates_raise_config_errors(template):
+    with pytest.raises(LayoutError) as info:
+        Layout(template)
+    assert isinstance(info.value, ConfigError)
+    assert "layout template" in str(info.value)
+
+
+def test_natural_sort():
+    names = ["frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "Frame_3.jpg"]
+    assert sorted(names, key=natural_key) == ["frame_1.jpg", "frame_2.jpg", "Frame_3.jpg", "frame_10.jpg"]

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vidspark.config import TrainConf
+from vidspark.errors import ModelError
+from vidspark.model import check_compatible, load_model_dir, save_model_dir
+from vidspark.train import fit_booster, lgb_params
+
+
+def trained(n_classes: int, tmp_path):
+    rng = np.random.default_rng(n_classes)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    y = (X[:, 0] * 2 + X[:, 1] > 0).astype(int) if n_classes == 2 else np.digitize(X[:, 0], [-0.5, 0.5])
+    booster = fit_booster(lgb_params(TrainConf(), n_classes), X, y, num_boost_round=30)
+    meta = {"classes": [f"c{i}" for i in range(n_classes)], "feature_dim": 16, "featurizer": "resnet50/random-seed0@224"}
+    path = save_model_dir(tmp_path / "model", model_str=booster.model_to_string(), meta=meta, cv_report={"ok": True})
+    return booster, X, path
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_save_load_predict_round_trip(tmp_path, n_classes):
+    booster, X, path = trained(n_classes, tmp_path)
+    model = load_model_dir(path)
+    proba = model.predict_proba(X)
+    assert proba.shape == (len(X), n_classes)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9)
+    expected = booster.predict(X)
+    np.testing.assert_allclose(proba[:, 1] if n_classes == 2 else proba, expected, rtol=1e-12)
+    assert model.classes == [f"c{i}" for i in range(n_classes)]
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path):
+    trained(2, tmp_path)
+    trained(3, tmp_path)
+    assert load_model_dir(tmp_path / "model").classes == ["c0", "c1", "c2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_truncated_model_txt_is_refused(tmp_path):
+    _, _, path = trained(2, tmp_path)
+    txt = path / "model.txt"
+    txt.write_text(txt.read_text()[:200])
+    with pytest.raises(ModelError, match="checksum"):
+        load_model_dir(path)
+
+
+def test_broken_or_missing_json_is_refused(tmp_path):
+    _, _, path = trained(2, tmp_path)
+    (path / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model_dir(path)
+    (path / "model.json").unlink()
+    with pytest.raises(ModelError, match="no model.json"):
+        load_model_dir(path)
+
+
+def test_feature_dim_mismatch_in_json_is_refused(tmp_path):
+    _, _, path = trained(2, tmp_path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["feature_dim"] = 2048
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="expects 16 features"):
+        load_model_dir(path)
+
+
+def test_compatibility_check(tmp_path):
+    _, _, path = trained(2, tmp_path)
+    model = load_model_dir(path)
+    check_compatible(model, featurizers=["resnet50/random-seed0@224"], feature_dim=16)
+    with pytest.raises(ModelError, match="imagenet"):
+        check_compatible(model, featurizers=["resnet50/imagenet@224"], feature_dim=16)
+    with pytest.raises(ModelError, match="16 features"):
+        check_compatible(model, featurizers=["resnet50/random-seed0@224"], feature_dim=2048)
