@@ -149,6 +149,19 @@ def test_three_class_set_from_local_folder(spark, tmp_path):
     assert len(frames) == 45 and all(len(r["probabilities"]) == 3 for r in frames)
     assert sum(r["predicted_label"] == r["label"] for r in frames) >= 40
 
+    # the README's queries: DuckDB over the Hive-partitioned Parquet, and Spark SQL
+    import duckdb
+
+    rows = duckdb.sql(
+        f"""SELECT camera_id, label, count(*) AS frames, avg(predicted_prob) AS mean_prob
+            FROM read_parquet('{tmp_path}/pred/frames/**/*.parquet', hive_partitioning = true)
+            GROUP BY ALL ORDER BY label"""
+    ).fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("unknown", c, 15) for c in sorted(CLASSES)]
+    spark.read.parquet(str(tmp_path / "pred" / "frames")).createOrReplaceTempView("frames")
+    got = spark.sql("SELECT smoothed_label, count(*) AS n FROM frames WHERE date >= '2000-01-01' GROUP BY smoothed_label").collect()
+    assert sum(r["n"] for r in got) == 45
+
 
 def test_error_fraction_over_limit_exits_4_and_still_writes(spark, tmp_path):
     sink = LocalSink(tmp_path / "in")
