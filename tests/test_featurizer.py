@@ -73,3 +73,21 @@ def test_weights_file_round_trip(small_model, tmp_path):
     loaded = build_model(FeaturizerConf(weights=str(path), image_size=64))
     x = np.random.default_rng(8).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(featurize_arrays(loaded, x), featurize_arrays(small_model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_weights_from_s3_fetched_once_into_cache(small_model, s3_client, bucket, s3_endpoint, tmp_path):
+    """The air-gapped path with weights in object storage: download to the cache, then load."""
+    from vidspark.config import StorageConf
+
+    path = tmp_path / "w.weights.h5"
+    small_model.save_weights(path)
+    s3_client.upload_file(str(path), bucket, "models/resnet50_notop.weights.h5")
+    uri = f"s3://{bucket}/models/resnet50_notop.weights.h5"
+    conf = FeaturizerConf(weights=uri, image_size=64, cache_dir=str(tmp_path / "cache"))
+    storage = StorageConf(endpoint_url=s3_endpoint)
+    loaded = build_model(conf, storage)
+    cached = tmp_path / "cache" / "weights" / bucket / "models" / "resnet50_notop.weights.h5"
+    assert cached.is_file() and cached.stat().st_size == path.stat().st_size
+    x = np.random.default_rng(9).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(featurize_arrays(loaded, x), featurize_arrays(small_model, x), rtol=1e-5, atol=1e-6)
+    assert featurizer_id(conf, storage).startswith("resnet50/s3-")
