@@ -109,6 +109,12 @@ master="${SPARK_MASTER:-local[*]}"
 if [[ "$master" == local* ]] && [ -z "${PYSPARK_PYTHON:-}" ]; then
   export PYSPARK_PYTHON="$python"  # embedded runs: driver and workers on the same interpreter as the zip was made for
 fi
+if [[ " ${SPARK_SUBMIT_ARGS:-} " == *" --deploy-mode cluster "* ]] && [ -n "$conf_file" ]; then
+  # In cluster mode the driver runs on a node where --files puts the conf in its working directory.
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    if [ "${args[$i]}" = "--conf" ]; then args[$((i + 1))]="$(basename "$conf_file")"; fi
+  done
+fi
 cmd=("$submit" --master "$master" --name "vidspark-$job" --py-files "$here/dist/vidspark.zip" "${files[@]}" "${spark_confs[@]}")
 if [ -n "${PYSPARK_PYTHON:-}" ] && [[ "$master" != local* ]]; then
   cmd+=(--conf "spark.pyspark.python=$PYSPARK_PYTHON")
@@ -117,8 +123,13 @@ fi
 extra=(${SPARK_SUBMIT_ARGS:-})
 cmd+=("${extra[@]}" "$here/jobs/$job.py" "${args[@]}")
 
+# Print the line with secret-looking values masked (same pattern as vidspark's conf redaction).
+secret_re='(secret|passw|token|credential|private|access[_.-]?key|account\.key|encryption\.key|[._-]key=|signature)'
 printf 'submit.sh: running:'
-printf ' %q' "${cmd[@]}"
+for word in "${cmd[@]}"; do
+  if [[ "$word" == *=* ]] && [[ "${word%%=*}=" =~ $secret_re ]]; then word="${word%%=*}=***"; fi
+  printf ' %q' "$word"
+done
 printf '\n'
 [ "$dry" = 1 ] && exit 0
 exec "${cmd[@]}"

@@ -15,6 +15,10 @@ def test_defaults_and_repo_confs_load():
     assert load_conf("conf/gpu.yaml").spark["spark.task.resource.gpu.amount"] == 0.25
 
 
+def test_layout_override_keeps_braces():
+    assert load_conf(overrides=["input.layout={label}/**"]).input.layout == "{label}/**"
+
+
 def test_overrides_are_typed():
     conf = load_conf(overrides=["featurizer.batch_size=64", "predict.window=1", "train.params.num_leaves=7", "spark.sql.shuffle.partitions=3"])
     assert conf.featurizer.batch_size == 64 and conf.predict.window == 1
@@ -46,11 +50,19 @@ def test_missing_conf_file(tmp_path):
 
 
 def test_redaction():
-    conf = load_conf(overrides=["spark.hadoop.fs.s3a.secret.key=hunter2", "spark.hadoop.fs.s3a.access.key=AKIA123"])
+    secrets = {
+        "spark.hadoop.fs.s3a.secret.key": "hunter2",
+        "spark.hadoop.fs.s3a.access.key": "AKIA123",
+        "spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net": "azkey",
+        "spark.hadoop.google.cloud.auth.service.account.private.key": "gkey",
+        "spark.hadoop.fs.s3a.encryption.key": "enckey",
+    }
+    conf = load_conf(overrides=[f"{k}={v}" for k, v in secrets.items()] + ["spark.sql.shuffle.partitions=7"])
     red = redacted(conf)["spark"]
-    assert red["spark.hadoop.fs.s3a.secret.key"] == REDACTED
-    assert red["spark.hadoop.fs.s3a.access.key"] == REDACTED
-    assert "hunter2" not in repr(redacted(conf))
+    for key in secrets:
+        assert red[key] == REDACTED, key
+    assert red["spark.sql.shuffle.partitions"] == 7
+    assert not any(v in repr(redacted(conf)) for v in secrets.values())
 
 
 def test_cli_bad_conf_exits_2_before_spark(capsys, tmp_path):

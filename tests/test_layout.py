@@ -69,3 +69,8 @@ def test_bad_templates_raise_config_errors(template):
 def test_natural_sort():
     names = ["frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "Frame_3.jpg"]
     assert sorted(names, key=natural_key) == ["frame_1.jpg", "frame_2.jpg", "Frame_3.jpg", "frame_10.jpg"]
+
+
+def test_natural_sort_with_unicode_digits_does_not_crash():
+    names = ["frame_1²2.jpg", "3①4.jpg", "frame_10.jpg", "frame_9.jpg"]
+    assert sorted(names, key=natural_key)[:2] == ["3①4.jpg", "frame_1²2.jpg"]

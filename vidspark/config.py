@@ -22,7 +22,7 @@ from vidspark.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-_SECRET_KEY = re.compile(r"(secret|password|token|credential|access[_.-]?key)", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(secret|passw|token|credential|private|access[_.-]?key|account\.key|encryption\.key|(^|[._-])key$|signature)", re.IGNORECASE)
 REDACTED = "***"
 
 

@@ -93,6 +93,13 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout) -> Inventory:
         rows["frame_idx"] = rows["frame_idx"].where(~missing_idx, idx)
     rows["frame_idx"] = rows["frame_idx"].astype("int64")
     rows["frame_ts"] = pd.to_datetime(rows["frame_ts"], utc=True)
+    if "ts" not in layout.fields and rows["video_id"].notna().any():
+        # Without {ts}, a frame's time is its object's last-modified time, which follows upload order
+        # (1 s resolution on S3, parallel uploads). Make it non-decreasing in frame order, so that the
+        # (frame_ts, frame_idx) order is the file-name order the layout promises.
+        vid = rows[rows["video_id"].notna()].sort_values(["camera_id", "video_id", "frame_idx"], kind="stable")
+        rows.loc[vid.index, "frame_ts"] = vid.groupby(["camera_id", "video_id"], sort=False)["frame_ts"].cummax()
+        rows["date"] = rows["frame_ts"].dt.date
     return Inventory(rows[_INVENTORY_COLUMNS].reset_index(drop=True), errors)
 
 
@@ -107,6 +114,8 @@ def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageC
         return decode_image(data, size=fconf.image_size, max_pixels=fconf.max_image_pixels), None
     except DecodeError as exc:
         return None, ("decode", "DecodeError", str(exc)[:2000])
+    except Exception as exc:  # odd EXIF/TIFF/codec data can raise anything: one object's row, never the job
+        return None, ("decode", type(exc).__name__, str(exc)[:2000])
 
 
 def _chunks(batches: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
@@ -209,6 +218,23 @@ def list_inventory(input_uri: str, conf: Conf, *, s3_client: Any | None = None) 
     return build_inventory(list_objects(location, client), layout)
 
 
+def with_driver_endpoint(conf: Conf) -> Conf:
+    """Pin the endpoint the driver found in its environment into the conf shipped to executors.
+
+    ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``/``AWS_DEFAULT_REGION`` set where the driver runs are
+    not in a YARN or Kubernetes executor's environment; credentials still come from each executor's
+    own chain (instance or pod role).
+    """
+    import os
+
+    s = conf.storage
+    endpoint = s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = s.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if endpoint == s.endpoint_url and region == s.region:
+        return conf
+    return conf.replace("storage", endpoint_url=endpoint, region=region)
+
+
 def featurize(
     spark: SparkSession,
     *,
@@ -233,6 +259,7 @@ def featurize(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    conf = with_driver_endpoint(conf)
     inventory = list_inventory(input_uri, conf, s3_client=s3_client)
     fid = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
     timings["list_s"] = time.perf_counter() - t0

@@ -125,9 +125,9 @@ class Layout:
         return KeyFields(**values)
 
 
-_NUM = re.compile(r"(\d+)")
+_NUM = re.compile(r"([0-9]+)")
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
     """Sort key that orders ``frame_2`` before ``frame_10``."""
-    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower()) for tok in _NUM.split(text) if tok)
+    return tuple((0, int(tok), "") if tok.isdecimal() else (1, 0, tok.lower()) for tok in _NUM.split(text) if tok)

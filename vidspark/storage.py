@@ -152,15 +152,20 @@ def list_objects(location: Location, client: Any = None) -> Iterator[ObjectInfo]
     """
     if location.scheme == "file":
         root = Path(location.prefix)
-        for dirpath, dirnames, filenames in os.walk(root):
+
+        def unreadable(exc: OSError) -> None:
+            raise StorageError(f"cannot list {exc.filename!r} under {location.prefix!r}: {exc.strerror}; fix its permissions")
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath) / name
+                rel = path.relative_to(root).as_posix()
                 try:
                     st = path.stat()
-                except OSError:  # vanished between walk and stat; nothing to read
+                except OSError:  # broken link or vanished: listed anyway, so its read fails into an errors row
+                    yield ObjectInfo(uri=str(path), rel_key=rel, size=0, etag="", last_modified=datetime.now(timezone.utc))
                     continue
-                rel = path.relative_to(root).as_posix()
                 yield ObjectInfo(
                     uri=str(path),
                     rel_key=rel,

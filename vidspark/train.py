@@ -92,6 +92,8 @@ def gather_labeled(features_df: DataFrame, *, max_rows: int, seed: int) -> Label
         bad = int((~np.isfinite(X).all(axis=1)).sum())
         raise TrainingDataError(f"{bad} labeled rows have NaN or inf features; re-featurize them")
     classes = sorted(pdf["label"].unique())
+    if len(classes) < 2:
+        raise TrainingDataError(f"after sampling to train.max_rows only {classes} remain; raise train.max_rows")
     index = {c: i for i, c in enumerate(classes)}
     y = pdf["label"].map(index).to_numpy(dtype=np.int64)
     return LabeledSet(X=X, y=y, groups=pdf["group"].to_numpy(dtype=object), classes=classes, featurizer=featurizers[0], sampled_from=total)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, timedelta, timezone
+
+from vidspark.featurize import UNKNOWN_CAMERA, build_inventory
+from vidspark.layout import Layout
+from vidspark.storage import ObjectInfo, list_objects, parse_uri
+
+T0 = datetime(2026, 11, 20, 23, 59, 59, tzinfo=timezone.utc)
+
+
+def obj(key: str, seconds: float) -> ObjectInfo:
+    return ObjectInfo(uri=f"s3://b/{key}", rel_key=key, size=1, etag="e", last_modified=T0 + timedelta(seconds=seconds))
+
+
+def test_frame_folders_follow_file_name_order_even_when_uploaded_out_of_order():
+    # frame_10 was uploaded before frame_2: order and times must still follow the file names
+    objs = [obj("cam1/v1/frame_2.jpg", 5), obj("cam1/v1/frame_10.jpg", 1), obj("cam1/v1/frame_1.jpg", 0), obj("cam1/v2/a.jpg", 3)]
+    inv = build_inventory(objs, Layout("{camera_id}/{video_id}/**"))
+    rows = inv.rows.set_index("uri")
+    assert [rows.loc[f"s3://b/cam1/v1/frame_{i}.jpg", "frame_idx"] for i in (1, 2, 10)] == [0, 1, 2]
+    ts = [rows.loc[f"s3://b/cam1/v1/frame_{i}.jpg", "frame_ts"] for i in (1, 2, 10)]
+    assert ts == sorted(ts) and ts[-1] == T0 + timedelta(seconds=5)
+    assert rows.loc["s3://b/cam1/v1/frame_10.jpg", "date"] == date(2026, 11, 21)  # date follows the adjusted time
+    assert rows.loc["s3://b/cam1/v2/a.jpg", "frame_idx"] == 0
+
+
+def test_layout_ts_and_defaults_and_mismatches():
+    objs = [obj("car/x.jpg", 0), obj("stray.jpg", 0), obj("person/y.jpg", 0)]
+    inv = build_inventory(objs, Layout("{label}/**"))
+    assert inv.listed == 3 and len(inv.rows) == 2
+    assert inv.errors[0]["stage"] == "layout" and "stray.jpg" in inv.errors[0]["message"]
+    assert set(inv.rows["camera_id"]) == {UNKNOWN_CAMERA} and inv.rows["video_id"].isna().all()
+    assert (inv.rows["frame_idx"] == 0).all()
+    ts_inv = build_inventory([obj("cam2/20261120T101500.jpg", 999)], Layout("{camera_id}/{ts}.jpg"))
+    assert ts_inv.rows.loc[0, "frame_ts"] == datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
+
+
+def test_empty_listing_gives_empty_inventory():
+    inv = build_inventory([], Layout("{label}/**"))
+    assert inv.listed == 0 and inv.rows.empty
+
+
+def test_broken_link_is_listed_not_dropped(tmp_path):
+    (tmp_path / "car").mkdir()
+    (tmp_path / "car" / "ok.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "car" / "dangling.jpg")
+    keys = sorted(o.rel_key for o in list_objects(parse_uri(str(tmp_path))))
+    assert keys == ["car/dangling.jpg", "car/ok.jpg"]
