@@ -21,8 +21,8 @@ demo: java $(STAMP)
 	$(VENV)/bin/vidspark demo --workdir demo-output --conf conf/local.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check vidspark jobs tests
-	$(VENV)/bin/ruff format --check vidspark jobs tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: java $(STAMP) lint

@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="vidspark",
     version="0.1.0",
     description="Distributed PySpark jobs that classify images and video frames from camera archives",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["vidspark", "vidspark.*"]),
     python_requires=">=3.10",
