@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 
 from vidspark.config import Conf, FeaturizerConf, StorageConf
 from vidspark.featurizer import cached_model, featurize_arrays, featurizer_id
-from vidspark.imaging import DecodeError, decode_image
+from vidspark.imaging import decode_image
 from vidspark.layout import Layout, LayoutMismatch, natural_key
 from vidspark.outputs import sibling, write_partitioned, write_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FEATURIZE_RESULT_SCHEMA, INVENTORY_SCHEMA
@@ -112,9 +113,7 @@ def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageC
         return None, ("fetch", type(exc).__name__, str(exc)[:2000])
     try:
         return decode_image(data, size=fconf.image_size, max_pixels=fconf.max_image_pixels), None
-    except DecodeError as exc:
-        return None, ("decode", "DecodeError", str(exc)[:2000])
-    except Exception as exc:  # odd EXIF/TIFF/codec data can raise anything: one object's row, never the job
+    except Exception as exc:  # DecodeError, or anything odd EXIF/TIFF/codec data raises: one object's row, never the job
         return None, ("decode", type(exc).__name__, str(exc)[:2000])
 
 
@@ -225,8 +224,6 @@ def with_driver_endpoint(conf: Conf) -> Conf:
     not in a YARN or Kubernetes executor's environment; credentials still come from each executor's
     own chain (instance or pod role).
     """
-    import os
-
     s = conf.storage
     endpoint = s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = s.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
