@@ -69,3 +69,14 @@ def test_cli_bad_conf_exits_2_before_spark(capsys, tmp_path):
     code = main(["featurize", "--input", str(tmp_path), "--output", str(tmp_path / "f"), "--set", "featurizer.batch_size=-1"])
     assert code == 2
     assert "featurizer.batch_size" in capsys.readouterr().err
+
+
+def test_video_sampling_keys_are_validated():
+    conf = load_conf(None, ["video.fps=2.5", "video.max_frames=100", "events.gap_seconds=30"])
+    assert conf.video.fps == 2.5 and conf.video.max_frames == 100 and conf.events.gap_seconds == 30.0
+    with pytest.raises(ConfigError, match="video.fps.*every_n_frames"):
+        load_conf(None, ["video.fps=2", "video.every_n_frames=5"])
+    with pytest.raises(ConfigError, match="video.every_n_frames"):
+        load_conf(None, ["video.every_n_frames=0"])
+    with pytest.raises(ConfigError, match="video.bogus"):
+        load_conf(None, ["video.bogus=1"])

@@ -48,3 +48,35 @@ def test_broken_link_is_listed_not_dropped(tmp_path):
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "car" / "dangling.jpg")
     keys = sorted(o.rel_key for o in list_objects(parse_uri(str(tmp_path))))
     assert keys == ["car/dangling.jpg", "car/ok.jpg"]
+
+
+def test_motion_stills_are_grouped_into_events_by_gap():
+    # cam1: 3 frames 2 s apart, a 40 s pause, 2 frames; cam2 interleaved in time but its own events
+    times = {"cam1": [0, 2, 4, 44, 45], "cam2": [1, 3, 100]}
+    objs = [obj(f"{cam}/motion_{i:03d}.jpg", t) for cam, ts in times.items() for i, t in enumerate(ts)]
+    inv = build_inventory(objs[::-1], Layout("{camera_id}/**"), gap_seconds=10)
+    rows = inv.rows.sort_values(["camera_id", "frame_ts"])
+    events = rows.groupby(["camera_id", "video_id"], sort=False)["frame_idx"].apply(list).to_dict()
+    assert events == {
+        ("cam1", "evt-20261120T235959"): [0, 1, 2],
+        ("cam1", "evt-20261121T000043"): [0, 1],
+        ("cam2", "evt-20261121T000000"): [0, 1],
+        ("cam2", "evt-20261121T000139"): [0],
+    }
+    # the boundary is "further apart than the gap": exactly the gap stays in the event
+    same = build_inventory([obj("c/a.jpg", 0), obj("c/b.jpg", 10)], Layout("{camera_id}/**"), gap_seconds=10)
+    assert same.rows["video_id"].nunique() == 1
+    # without gap_seconds nothing is grouped
+    assert build_inventory(objs, Layout("{camera_id}/**")).rows["video_id"].isna().all()
+
+
+def test_video_objects_get_kind_and_default_video_id():
+    objs = [obj("cam3/2026-11-20/143000.mp4", 0), obj("cam3/2026-11-21/143000.mp4", 0), obj("cam1/v1/f_1.jpg", 0), obj("cam1/v1/readme", 0)]
+    inv = build_inventory(objs, Layout("{camera_id}/{video_id}/** | {camera_id}/**"))
+    rows = inv.rows.set_index("key")
+    assert rows.loc["cam3/2026-11-20/143000.mp4", "kind"] == "video"
+    assert rows.loc["cam1/v1/f_1.jpg", "kind"] == "image" and rows.loc["cam1/v1/readme", "kind"] == "auto"
+    # {video_id} here is the day folder, as the layout says; with a layout that names no video id,
+    # the key without extension identifies the recording
+    inv2 = build_inventory(objs[:2], Layout("{camera_id}/**"))
+    assert sorted(inv2.rows["video_id"]) == ["cam3/2026-11-20/143000", "cam3/2026-11-21/143000"]

@@ -74,3 +74,22 @@ def test_natural_sort():
 def test_natural_sort_with_unicode_digits_does_not_crash():
     names = ["frame_1²2.jpg", "3①4.jpg", "frame_10.jpg", "frame_9.jpg"]
     assert sorted(names, key=natural_key)[:2] == ["3①4.jpg", "frame_1²2.jpg"]
+
+
+def test_alternative_templates_first_match_wins():
+    layout = Layout("{camera_id}/{video_id}/** | {camera_id}/{ts}")
+    assert layout.parse("cam1/v1/frame_1.jpg").video_id == "v1"
+    kf = layout.parse("cam3/20261120T150000.mp4")
+    assert kf.camera_id == "cam3" and kf.video_id is None and kf.ts is not None
+    assert set(layout.fields) == {"camera_id", "video_id", "ts"}
+    with pytest.raises(LayoutMismatch):
+        layout.parse("loose.jpg")
+    with pytest.raises(LayoutError):
+        Layout("{camera_id}/** | ")
+
+
+def test_layout_list_in_conf_means_alternatives():
+    from vidspark.config import from_dict
+
+    conf = from_dict({"input": {"layout": ["{camera_id}/{video_id}/**", "{camera_id}/{ts}"]}})
+    assert conf.input.layout == "{camera_id}/{video_id}/** | {camera_id}/{ts}"

@@ -63,6 +63,32 @@ class FeaturizerConf:
 
 
 @dataclass(frozen=True)
+class VideoConf:
+    """Video objects: frame sampling, splitting of long recordings, streaming reads.
+
+    ``every_n_frames`` keeps frames whose stream index is a multiple of N; ``fps`` instead keeps the
+    first frame at or after every 1/fps seconds of video time (set one of them). ``max_frames``
+    caps the sampled frames per video. Videos larger than ``split_min_bytes`` are probed and cut
+    at keyframes into segments of about ``segment_seconds``, each a Spark task of its own.
+    """
+
+    every_n_frames: int = 1
+    fps: float | None = None
+    max_frames: int | None = None
+    split_min_bytes: int = 64 * 1024 * 1024
+    segment_seconds: float = 300.0
+    read_block_bytes: int = 8 * 1024 * 1024
+    decode_threads: int = 1
+
+
+@dataclass(frozen=True)
+class EventsConf:
+    """Motion-triggered stills: group frames of a camera into events by time gap."""
+
+    gap_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class JobConf:
     """Job-wide behaviour."""
 
@@ -96,6 +122,8 @@ class Conf:
     input: InputConf = field(default_factory=InputConf)
     storage: StorageConf = field(default_factory=StorageConf)
     featurizer: FeaturizerConf = field(default_factory=FeaturizerConf)
+    video: VideoConf = field(default_factory=VideoConf)
+    events: EventsConf = field(default_factory=EventsConf)
     job: JobConf = field(default_factory=JobConf)
     train: TrainConf = field(default_factory=TrainConf)
     predict: PredictConf = field(default_factory=PredictConf)
@@ -126,6 +154,14 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "featurizer.fetch_threads": (1, 256),
     "featurizer.max_image_pixels": (1, None),
     "featurizer.seed": (0, 2**31 - 1),
+    "video.every_n_frames": (1, 1_000_000),
+    "video.fps": (0.001, 1000.0),
+    "video.max_frames": (1, None),
+    "video.split_min_bytes": (0, None),
+    "video.segment_seconds": (0.001, None),
+    "video.read_block_bytes": (4096, 1024**3),
+    "video.decode_threads": (0, 64),
+    "events.gap_seconds": (0.0, None),
     "job.max_error_fraction": (0.0, 1.0),
     "job.rows_per_task": (1, None),
     "train.folds": (2, 100),
@@ -221,6 +257,8 @@ def from_dict(raw: Mapping[str, Any] | None) -> Conf:
         kwargs = {}
         for key, val in value.items():
             full = f"{name}.{key}"
+            if full == "input.layout" and isinstance(val, list) and val and all(isinstance(v, str) for v in val):
+                val = " | ".join(val)  # a YAML list of templates: alternatives, first match wins
             coerced = _check_type(full, val, hints[key])
             _validate_value(full, coerced)
             kwargs[key] = coerced
@@ -234,6 +272,10 @@ def _validate_cross(conf: Conf) -> None:
     from vidspark.layout import Layout
 
     Layout(conf.input.layout)  # raises LayoutError (a ConfigError) naming the problem
+    if conf.video.fps is not None and conf.video.every_n_frames != 1:
+        raise ConfigError(
+            f"conf keys 'video.fps' ({conf.video.fps}) and 'video.every_n_frames' ({conf.video.every_n_frames}) are both set; allowed: one of them (leave every_n_frames at 1 to sample by fps)"
+        )
     weights = conf.featurizer.weights
     if not weights:
         raise ConfigError("conf key 'featurizer.weights': empty; allowed: imagenet, random, a local path or s3:// URI")

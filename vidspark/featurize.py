@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,18 +26,22 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.config import Conf, FeaturizerConf, StorageConf
+from vidspark.config import Conf, FeaturizerConf, StorageConf, VideoConf
 from vidspark.featurizer import cached_model, featurize_arrays, featurizer_id
 from vidspark.imaging import decode_image
 from vidspark.layout import Layout, LayoutMismatch, natural_key
 from vidspark.outputs import sibling, write_partitioned, write_table
-from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FEATURIZE_RESULT_SCHEMA, INVENTORY_SCHEMA
+from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA, WORK_SCHEMA
 from vidspark.storage import ObjectInfo, cached_s3_client, check_readable, list_objects, make_s3_client, parse_uri, read_object
+from vidspark.video import WHOLE, DecodeReport, RangeReader, Segment, VideoFrame, decode_frames, kind_of_key, open_source, probe_segments, read_head, sniff_is_video
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_CAMERA = "unknown"
-_INVENTORY_COLUMNS = [f.name for f in INVENTORY_SCHEMA.fields]
+_WORK_COLUMNS = WORK_SCHEMA.fieldNames()
+_PLAN_COLUMNS = PLAN_SCHEMA.fieldNames()
+_RESULT_COLUMNS = FEATURIZE_RESULT_SCHEMA.fieldNames()
+_IDENTITY_COLUMNS = [f.name for f in IDENTITY_FIELDS]
 
 
 @dataclass
@@ -49,12 +56,16 @@ class Inventory:
         return len(self.rows) + len(self.errors)
 
 
-def build_inventory(objects: Iterable[ObjectInfo], layout: Layout) -> Inventory:
-    """Parse listed objects with the layout into inventory rows (pure Python, driver side).
+def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_seconds: float | None = None) -> Inventory:
+    """Parse listed objects with the layout into work rows (pure Python, driver side).
 
     ``camera_id`` defaults to ``unknown``; ``frame_ts`` is the layout's ``{ts}`` or else the object's
     last-modified time; ``frame_idx`` is the layout's ``{frame_idx}`` or else the natural-sort rank
     of the key within its ``(camera_id, video_id)``, and 0 for images that belong to no video.
+    ``kind`` comes from the extension (``auto``: decided by content on the executor). A video
+    object's ``video_id`` defaults to its key without extension; its frames get their index and
+    time when decoded. With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into
+    events (see :func:`with_event_ids`).
     """
     records: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -65,47 +76,89 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout) -> Inventory:
             errors.append({"uri": obj.uri, "stage": "layout", "error_type": "LayoutMismatch", "message": str(exc)})
             continue
         ts = kf.ts or obj.last_modified
+        kind = kind_of_key(obj.rel_key)
         records.append(
             {
                 "uri": obj.uri,
                 "etag": obj.etag,
                 "camera_id": kf.camera_id or UNKNOWN_CAMERA,
-                "video_id": kf.video_id,
+                "video_id": kf.video_id or (key_without_extension(obj.rel_key) if kind == "video" else None),
                 "frame_idx": kf.frame_idx,
                 "frame_ts": ts,
                 "date": ts.date(),
                 "label": kf.label,
                 "size": obj.size,
-                "_key": obj.rel_key,
+                "key": obj.rel_key,
+                "kind": kind,
             }
         )
     if not records:
-        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _INVENTORY_COLUMNS}), errors)
+        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _WORK_COLUMNS}), errors)
     rows = pd.DataFrame.from_records(records)
+    rows["frame_ts"] = pd.to_datetime(rows["frame_ts"], utc=True)
+    stills = rows["kind"] != "video"
+    if gap_seconds is not None:
+        rows = with_event_ids(rows, gap_seconds=gap_seconds, mask=stills & rows["video_id"].isna())
     missing_idx = rows["frame_idx"].isna()
     if missing_idx.any():
         idx = pd.Series(0, index=rows.index, dtype="int64")
-        in_video = missing_idx & rows["video_id"].notna()
+        in_video = missing_idx & rows["video_id"].notna() & stills
         if in_video.any():
             sub = rows[in_video].copy()
-            sub["_nk"] = sub["_key"].map(natural_key)
-            sub = sub.sort_values(["camera_id", "video_id", "_nk"], kind="stable")
+            sub["_nk"] = sub["key"].map(natural_key)
+            sub = sub.sort_values(["camera_id", "video_id", "frame_ts", "_nk"] if gap_seconds is not None else ["camera_id", "video_id", "_nk"], kind="stable")
             idx.loc[sub.index] = sub.groupby(["camera_id", "video_id"], sort=False).cumcount().astype("int64")
         rows["frame_idx"] = rows["frame_idx"].where(~missing_idx, idx)
     rows["frame_idx"] = rows["frame_idx"].astype("int64")
-    rows["frame_ts"] = pd.to_datetime(rows["frame_ts"], utc=True)
-    if "ts" not in layout.fields and rows["video_id"].notna().any():
+    if "ts" not in layout.fields and (rows["video_id"].notna() & stills).any():
         # Without {ts}, a frame's time is its object's last-modified time, which follows upload order
         # (1 s resolution on S3, parallel uploads). Make it non-decreasing in frame order, so that the
         # (frame_ts, frame_idx) order is the file-name order the layout promises.
-        vid = rows[rows["video_id"].notna()].sort_values(["camera_id", "video_id", "frame_idx"], kind="stable")
+        vid = rows[rows["video_id"].notna() & stills].sort_values(["camera_id", "video_id", "frame_idx"], kind="stable")
         rows.loc[vid.index, "frame_ts"] = vid.groupby(["camera_id", "video_id"], sort=False)["frame_ts"].cummax()
         rows["date"] = rows["frame_ts"].dt.date
-    return Inventory(rows[_INVENTORY_COLUMNS].reset_index(drop=True), errors)
+    for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
+        rows[col] = None
+    return Inventory(rows[_WORK_COLUMNS].reset_index(drop=True), errors)
 
 
-def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageConf) -> tuple[np.ndarray | None, tuple[str, str, str] | None]:
-    """Fetch and decode one object; a failure is returned as (stage, error_type, message)."""
+def key_without_extension(key: str) -> str:
+    """``cam3/2026-11-20/143000.mp4`` -> ``cam3/2026-11-20/143000`` (a video's default ``video_id``)."""
+    head, sep, name = key.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return head + sep + stem
+
+
+def with_event_ids(rows: pd.DataFrame, *, gap_seconds: float, mask: pd.Series) -> pd.DataFrame:
+    """Group motion-triggered stills into events: per camera, a gap over ``gap_seconds`` starts a new one.
+
+    The event's ``video_id`` is ``evt-`` and its first frame's UTC time (``evt-20261120T143005``,
+    with milliseconds when not whole), so it is the same whichever run lists the frames.
+    """
+    if not mask.any():
+        return rows
+    rows = rows.copy()
+    sub = rows[mask].copy()
+    sub["_nk"] = sub["key"].map(natural_key)
+    sub = sub.sort_values(["camera_id", "frame_ts", "_nk"], kind="stable")
+    gap = sub.groupby("camera_id", sort=False)["frame_ts"].diff()
+    new_event = gap.isna() | (gap > pd.Timedelta(seconds=gap_seconds))
+    event_no = new_event.groupby(sub["camera_id"], sort=False).cumsum()
+    first_ts = sub["frame_ts"].where(new_event).groupby([sub["camera_id"], event_no], sort=False).transform("first")
+    rows.loc[sub.index, "video_id"] = first_ts.map(_event_id)
+    return rows
+
+
+def _event_id(ts: pd.Timestamp) -> str:
+    ms = ts.microsecond // 1000
+    return "evt-" + ts.strftime("%Y%m%dT%H%M%S") + (f".{ms:03d}" if ms else "")
+
+
+Loaded = tuple[np.ndarray | None, tuple[str, str, str] | None]
+
+
+def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageConf) -> Loaded:
+    """Fetch and decode one image; a failure is returned as (stage, error_type, message)."""
     try:
         client = cached_s3_client(sconf) if uri.startswith("s3://") else None
         data = read_object(uri, client=client, etag=etag)
@@ -117,75 +170,213 @@ def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageC
         return None, ("decode", type(exc).__name__, str(exc)[:2000])
 
 
-def _chunks(batches: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
-    for pdf in batches:
-        for start in range(0, len(pdf), size):
-            yield pdf.iloc[start : start + size]
+def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf) -> Loaded | str:
+    """An object whose extension says nothing: ``"video"`` when its first bytes are a container, else the image."""
+    try:
+        head = read_head(open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf))
+    except Exception as exc:  # storage failure: the object's errors row
+        return None, ("fetch", type(exc).__name__, str(exc)[:2000])
+    if sniff_is_video(head):
+        return "video"
+    return _load_one(row["uri"], row["etag"], fconf, sconf)
 
 
-def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str) -> Any:
-    """The ``mapInPandas`` function: inventory batches in, FEATURIZE_RESULT_SCHEMA batches out."""
+def _opt_int(value: Any) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+def segment_of(row: dict[str, Any]) -> Segment:
+    """The :class:`Segment` a work row stands for (the whole video when it was not split)."""
+    return Segment(
+        start_pts=_opt_int(row.get("seg_start")),
+        end_pts=_opt_int(row.get("seg_end")),
+        first_idx=_opt_int(row.get("first_idx")) or 0,
+        prev_pts=_opt_int(row.get("prev_pts")),
+        last_idx=_opt_int(row.get("last_idx")),
+        seg_no=_opt_int(row.get("seg_no")) or 0,
+    )
+
+
+def _identity(row: dict[str, Any]) -> dict[str, Any]:
+    return {c: row[c] for c in _IDENTITY_COLUMNS}
+
+
+def _frame_identity(row: dict[str, Any], frame: VideoFrame) -> dict[str, Any]:
+    ident = _identity(row)
+    ts = pd.Timestamp(row["frame_ts"]) + pd.Timedelta(microseconds=round(frame.seconds * 1_000_000))
+    ident.update(video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts, date=ts.date())
+    return ident
+
+
+def _error_stage(source: Any, default: str = "decode") -> str:
+    return "fetch" if isinstance(source, RangeReader) and source.error is not None else default
+
+
+def make_plan_fn(vconf: VideoConf, sconf: StorageConf) -> Any:
+    """The ``mapInPandas`` function of the probe stage: a large video in, one row per segment out."""
+
+    def plan_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            out: list[dict[str, Any]] = []
+            for row in pdf.to_dict("records"):
+                base = {**row, "stage": None, "error_type": None, "message": None}
+                try:
+                    source = open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf)
+                    segments, report = probe_segments(source, vconf)
+                    stage = _error_stage(source)
+                except Exception as exc:  # a probe that fails for any reason is this video's errors row
+                    segments, report, stage = [], DecodeReport(errors=[(type(exc).__name__, str(exc))]), "decode"
+                for seg in segments:
+                    out.append({**base, "seg_start": seg.start_pts, "seg_end": seg.end_pts, "first_idx": seg.first_idx, "prev_pts": seg.prev_pts, "last_idx": seg.last_idx, "seg_no": seg.seg_no})
+                err = report.error()
+                if err is not None:
+                    out.append({**base, "stage": stage, "error_type": err[0], "message": err[1][:2000]})
+            yield pd.DataFrame.from_records(out, columns=_PLAN_COLUMNS)
+
+    return plan_partition
+
+
+class _Stopped(Exception):
+    """The consumer went away; the producer thread ends quietly."""
+
+
+_DONE = object()
+
+
+def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None) -> Any:
+    """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
+
+    A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
+    a look-ahead of two model batches, videos streamed and decoded in order) and hands them over a
+    bounded queue; the task's own thread runs the model on full batches. Memory is bounded by the
+    queue, the look-ahead and the model batch, whatever the objects' sizes.
+    """
+    vconf = vconf or VideoConf()
 
     def featurize_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        with ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch") as pool:
+        work = [r for pdf in batches for r in pdf.to_dict("records")]  # metadata only, a few hundred bytes a row
+        if not work:
+            return
+        frames: queue.Queue[Any] = queue.Queue(maxsize=max(2, fconf.batch_size))
+        stop = threading.Event()
 
-            def submit(chunk: pd.DataFrame) -> list[Future[Any]]:
-                return [pool.submit(_load_one, u, e, fconf, sconf) for u, e in zip(chunk["uri"], chunk["etag"], strict=True)]
+        def put(item: Any) -> None:
+            while True:
+                if stop.is_set():
+                    raise _Stopped
+                try:
+                    frames.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
 
-            pending: tuple[pd.DataFrame, list[Future[Any]]] | None = None
-            for chunk in _chunks(batches, fconf.batch_size):
-                futures = submit(chunk)  # fetch/decode of this chunk overlaps the model run of the previous one
-                if pending is not None:
-                    yield _run_model(*pending, fconf, sconf, fid)
-                pending = (chunk, futures)
-            if pending is not None:
-                yield _run_model(*pending, fconf, sconf, fid)
+        def emit_video(row: dict[str, Any], segment: Segment) -> None:
+            report = DecodeReport()
+            source: Any = None
+            try:
+                source = open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf)
+                for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report):
+                    put((_frame_identity(row, frame), frame.pixels, None))
+            except _Stopped:
+                raise
+            except Exception as exc:  # anything PyAV or the reader raises is this video's errors row
+                report.errors.append((type(exc).__name__, str(exc)))
+            err = report.error()
+            if err is not None:
+                put((_identity(row), None, (_error_stage(source), err[0], err[1][:2000])))
+
+        def produce() -> None:
+            try:
+                with ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch") as pool:
+                    pending: deque[tuple[dict[str, Any], Future[Any]]] = deque()
+                    lookahead = max(2 * fconf.batch_size, 2 * fconf.fetch_threads)
+
+                    def drain(keep: int) -> None:
+                        while len(pending) > keep:
+                            row, fut = pending.popleft()
+                            result = fut.result()
+                            if result == "video":
+                                emit_video({**row, "video_id": row["video_id"] or key_without_extension(row["key"])}, WHOLE)
+                            else:
+                                put((_identity(row), result[0], result[1]))
+
+                    for row in work:
+                        if row["kind"] == "video":
+                            drain(0)  # keep output in work order
+                            emit_video(row, segment_of(row))
+                            continue
+                        loader = _load_auto if row["kind"] == "auto" else None
+                        fut = pool.submit(loader, row, fconf, sconf, vconf) if loader else pool.submit(_load_one, row["uri"], row["etag"], fconf, sconf)
+                        pending.append((row, fut))
+                        drain(lookahead)
+                    drain(0)
+                put(_DONE)
+            except _Stopped:
+                return
+            except BaseException as exc:  # a bug, not a bad object: hand it to the task thread, which fails the task
+                try:
+                    put(exc)
+                except _Stopped:
+                    return
+
+        producer = threading.Thread(target=produce, name="vidspark-frames", daemon=True)
+        producer.start()
+        try:
+            batch: list[tuple[dict[str, Any], np.ndarray]] = []
+            failed: list[dict[str, Any]] = []
+            while True:
+                item = frames.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                ident, pixels, err = item
+                if err is not None:
+                    failed.append({**ident, "stage": err[0], "error_type": err[1], "message": err[2]})
+                else:
+                    batch.append((ident, pixels))
+                if len(batch) >= fconf.batch_size:
+                    yield _run_model(batch, failed, fconf, sconf, fid)
+                    batch, failed = [], []
+            if batch or failed:
+                yield _run_model(batch, failed, fconf, sconf, fid)
+        finally:
+            stop.set()
+            producer.join(timeout=30)
 
     return featurize_partition
 
 
-def _run_model(chunk: pd.DataFrame, futures: list[Future[Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str) -> pd.DataFrame:
-    results = [f.result() for f in futures]
-    out = chunk.drop(columns=["size"]).reset_index(drop=True)
-    n = len(out)
-    features: list[Any] = [None] * n
-    stage: list[Any] = [None] * n
-    etype: list[Any] = [None] * n
-    message: list[Any] = [None] * n
-    ok = [i for i, (arr, _) in enumerate(results) if arr is not None]
-    for i, (_, err) in enumerate(results):
-        if err is not None:
-            stage[i], etype[i], message[i] = err
-    if ok:
+def _run_model(batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str) -> pd.DataFrame:
+    """Features for a batch of decoded frames, plus the error rows gathered alongside it."""
+    records = []
+    if batch:
         model = cached_model(fconf, sconf)  # a model that cannot load fails the task: no row could succeed
         try:
-            feats = featurize_arrays(model, np.stack([results[i][0] for i in ok]), batch_size=fconf.batch_size)
+            feats = featurize_arrays(model, np.stack([px for _, px in batch]), batch_size=fconf.batch_size)
             bad = ~np.isfinite(feats).all(axis=1)
-            for j, i in enumerate(ok):
-                if bad[j]:
-                    stage[i], etype[i], message[i] = "featurize", "NonFiniteFeatures", "model output has NaN or inf"
+            for (ident, _), vec, nonfinite in zip(batch, feats, bad, strict=True):
+                if nonfinite:
+                    records.append({**ident, "stage": "featurize", "error_type": "NonFiniteFeatures", "message": "model output has NaN or inf"})
                 else:
-                    features[i] = feats[j]
+                    records.append({**ident, "features": vec, "featurizer": fid})
         except Exception as exc:  # TF raises OpError subclasses; a failed batch marks its rows, the task goes on
-            for i in ok:
-                stage[i], etype[i], message[i] = "featurize", type(exc).__name__, str(exc)[:2000]
-    out["features"] = features
-    out["featurizer"] = [fid if f is not None else None for f in features]
-    out["stage"] = stage
-    out["error_type"] = etype
-    out["message"] = message
+            records.extend({**ident, "stage": "featurize", "error_type": type(exc).__name__, "message": str(exc)[:2000]} for ident, _ in batch)
+    records.extend(failed)
+    out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
+    out["frame_idx"] = out["frame_idx"].astype("int64")
     return out
 
 
-def with_features(inventory_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, num_tasks: int | None = None) -> DataFrame:
-    """Featurize every inventory row; rows that fail carry ``stage``/``error_type``/``message``.
+def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None) -> DataFrame:
+    """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
     Parameters
     ----------
-    inventory_df
-        Rows of ``INVENTORY_SCHEMA``.
-    fconf, sconf
-        Featurizer and storage settings (shipped to executors with the function).
+    work_df
+        Rows of ``WORK_SCHEMA``.
+    fconf, sconf, vconf
+        Featurizer, storage and video settings (shipped to executors with the function).
     fid
         Featurizer id written with every features row.
     num_tasks
@@ -194,10 +385,15 @@ def with_features(inventory_df: DataFrame, *, fconf: FeaturizerConf, sconf: Stor
     Returns
     -------
     DataFrame
-        ``FEATURIZE_RESULT_SCHEMA``.
+        ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
     """
-    df = inventory_df.repartition(num_tasks) if num_tasks else inventory_df
-    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid), schema=FEATURIZE_RESULT_SCHEMA)
+    df = work_df.repartition(num_tasks) if num_tasks else work_df
+    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf), schema=FEATURIZE_RESULT_SCHEMA)
+
+
+def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:
+    """Probe each video (executors) and cut it into keyframe-aligned segments (``PLAN_SCHEMA``)."""
+    return videos_df.mapInPandas(make_plan_fn(vconf, sconf), schema=PLAN_SCHEMA)
 
 
 def errors_frame(spark: SparkSession, rows: list[dict[str, Any]], run_id: str) -> DataFrame:
@@ -214,7 +410,7 @@ def list_inventory(input_uri: str, conf: Conf, *, s3_client: Any | None = None) 
         client = s3_client or make_s3_client(conf.storage)
     check_readable(location, client)
     layout = Layout(conf.input.layout, ts_format=conf.input.ts_format)
-    return build_inventory(list_objects(location, client), layout)
+    return build_inventory(list_objects(location, client), layout, gap_seconds=conf.events.gap_seconds)
 
 
 def with_driver_endpoint(conf: Conf) -> Conf:
@@ -260,43 +456,60 @@ def featurize(
     inventory = list_inventory(input_uri, conf, s3_client=s3_client)
     fid = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
     timings["list_s"] = time.perf_counter() - t0
-    logger.info("listed %d objects under %s (%d do not fit the layout); featurizer %s", inventory.listed, input_uri, len(inventory.errors), fid)
+    rows = inventory.rows
+    n_videos = int((rows["kind"] == "video").sum())
+    logger.info("listed %d objects under %s (%d videos, %d do not fit the layout); featurizer %s", inventory.listed, input_uri, n_videos, len(inventory.errors), fid)
 
     errors_output = errors_output or sibling(output, "errors")
+    parallelism = spark.sparkContext.defaultParallelism
+    driver_errors = list(inventory.errors)
+    work = rows
+    big = (rows["kind"] == "video") & (rows["size"].fillna(0).astype("int64") > conf.video.split_min_bytes)
+    if big.any():
+        t_plan = time.perf_counter()
+        n_big = int(big.sum())
+        big_df = spark.createDataFrame(_with_nullable_ints(rows[big]), schema=WORK_SCHEMA).repartition(min(n_big, parallelism))
+        planned: pd.DataFrame = with_segments(big_df, vconf=conf.video, sconf=conf.storage).toPandas()
+        failed = planned["stage"].notna()
+        driver_errors += planned.loc[failed, ["uri", "stage", "error_type", "message"]].to_dict("records")
+        segments = planned.loc[~failed, _WORK_COLUMNS]
+        work = pd.concat([rows[~big], segments], ignore_index=True)
+        timings["split_s"] = time.perf_counter() - t_plan
+        logger.info("split %d large videos into %d segments", n_big, len(segments))
+
     t1 = time.perf_counter()
-    n_rows = len(inventory.rows)
-    counts: dict[str, int] = {}
-    errors_df = errors_frame(spark, inventory.errors, run_id)
-    if n_rows:
-        inventory_df = spark.createDataFrame(inventory.rows, schema=INVENTORY_SCHEMA)
-        num_tasks = min(n_rows, max(spark.sparkContext.defaultParallelism, math.ceil(n_rows / conf.job.rows_per_task)))
-        result_df = with_features(inventory_df, fconf=conf.featurizer, sconf=conf.storage, fid=fid, num_tasks=num_tasks)
+    errors_df = errors_frame(spark, driver_errors, run_id)
+    featurized, partitions = 0, []
+    if len(work):
+        work_df = spark.createDataFrame(_with_nullable_ints(work), schema=WORK_SCHEMA)
+        n_still = int((work["kind"] != "video").sum())
+        num_tasks = min(len(work), max(parallelism, math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
+        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=fid, num_tasks=num_tasks)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            counts = {row["stage"] or "ok": int(row["count"]) for row in result_df.groupBy("stage").count().collect()}
+            ok_df = result_df.where(F.col("stage").isNull())
+            partitions = sorted((r["camera_id"], r["date"].isoformat()) for r in ok_df.select("camera_id", "date").distinct().collect())
+            featurized = ok_df.count()
             timings["featurize_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            features_df = result_df.where(F.col("stage").isNull()).select(*FEATURES_SCHEMA.fieldNames())
-            write_partitioned(features_df, output)
+            write_partitioned(ok_df.select(*FEATURES_SCHEMA.fieldNames()), output)
             exec_errors = result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id"))
             errors_df = errors_df.unionByName(exec_errors)
-            write_table(errors_df, errors_output)
+            counts = _write_errors(errors_df, errors_output)
             timings["write_s"] = time.perf_counter() - t2
         finally:
             result_df.unpersist()
     else:
-        write_table(errors_df, errors_output)
-    featurized = counts.pop("ok", 0)
-    if inventory.errors:
-        counts["layout"] = len(inventory.errors)
+        counts = _write_errors(errors_df, errors_output)
     n_errors = sum(counts.values())
-    partitions = sorted({(c, d.isoformat()) for c, d in zip(inventory.rows["camera_id"], inventory.rows["date"], strict=True)})
     summary = {
         "input": input_uri,
         "features": output,
         "errors": errors_output,
         "featurizer": fid,
         "listed": inventory.listed,
+        "videos": n_videos,
+        "work_units": len(work),
         "featurized": featurized,
         "errors_by_stage": dict(sorted(counts.items())),
         "error_count": n_errors,
@@ -304,5 +517,24 @@ def featurize(
         "partitions": [{"camera_id": c, "date": d} for c, d in partitions],
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    logger.info("featurize done: %d featurized, %d errors %s", featurized, n_errors, summary["errors_by_stage"])
+    logger.info("featurize done: %d frames featurized, %d objects with errors %s", featurized, n_errors, summary["errors_by_stage"])
     return summary
+
+
+def _with_nullable_ints(pdf: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer columns as Python ints and None, which Arrow turns into longs with nulls."""
+    pdf = pdf.copy()
+    for col in ("size", "seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
+        pdf[col] = [_opt_int(v) for v in pdf[col]]
+    return pdf
+
+
+def _write_errors(errors_df: DataFrame, path: str) -> dict[str, int]:
+    """Write one errors row per (object, stage), messages of several segments joined; returns counts by stage."""
+    agg_df = errors_df.groupBy("uri", "stage").agg(
+        F.min("error_type").alias("error_type"),
+        F.array_join(F.slice(F.array_sort(F.collect_set("message")), 1, 5), " | ").alias("message"),
+        F.min("run_id").alias("run_id"),
+    )
+    write_table(agg_df.select(*ERRORS_SCHEMA.fieldNames()), path)
+    return {r["stage"]: int(r["count"]) for r in agg_df.groupBy("stage").count().collect()}

@@ -8,6 +8,10 @@ Template syntax, one path component per ``/``:
   ``143000``).
 - ``{_}``: one component, ignored.
 - ``**``: any number of components; as the last component it needs at least one (the file).
+
+Several templates separated by ``|`` (or a YAML list in conf) are alternatives tried in order; the
+first that fits a key wins. A mixed archive of frame folders and video files needs this:
+``{camera_id}/{video_id}/** | {camera_id}/{ts}``.
 """
 
 from __future__ import annotations
@@ -57,8 +61,9 @@ class Layout:
     def __init__(self, template: str, *, ts_format: str = "%Y%m%dT%H%M%S") -> None:
         self.template = template
         self.ts_format = ts_format
-        self.regex = self._compile(template)
-        self.fields = tuple(self.regex.groupindex)
+        self.alternatives = [t.strip() for t in template.split("|")]
+        self.regexes = [self._compile(t) for t in self.alternatives]
+        self.fields = tuple(dict.fromkeys(name for rx in self.regexes for name in rx.groupindex))
 
     @staticmethod
     def _compile(template: str) -> re.Pattern[str]:
@@ -109,7 +114,7 @@ class Layout:
         LayoutMismatch
             If the key does not fit, or ``{frame_idx}``/``{ts}`` do not parse.
         """
-        m = self.regex.match(key)
+        m = next((m for m in (rx.match(key) for rx in self.regexes) if m is not None), None)
         if m is None:
             raise LayoutMismatch(f"key {key!r} does not fit layout {self.template!r}")
         values: dict[str, Any] = dict(m.groupdict())

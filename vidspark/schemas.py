@@ -17,6 +17,31 @@ IDENTITY_FIELDS = [
 
 INVENTORY_SCHEMA = T.StructType([*IDENTITY_FIELDS, T.StructField("size", T.LongType(), True)])
 
+# One unit of featurize work: an image, a whole video, or one keyframe-aligned segment of a video.
+WORK_SCHEMA = T.StructType(
+    [
+        *INVENTORY_SCHEMA.fields,
+        T.StructField("key", T.StringType(), False),
+        T.StructField("kind", T.StringType(), False),  # image | video | auto (decided by content)
+        T.StructField("seg_start", T.LongType(), True),
+        T.StructField("seg_end", T.LongType(), True),
+        T.StructField("first_idx", T.LongType(), True),
+        T.StructField("prev_pts", T.LongType(), True),
+        T.StructField("last_idx", T.LongType(), True),
+        T.StructField("seg_no", T.LongType(), True),
+    ]
+)
+
+# Output of the video probe: work rows (one per segment) or one error row per video (stage set).
+PLAN_SCHEMA = T.StructType(
+    [
+        *WORK_SCHEMA.fields,
+        T.StructField("stage", T.StringType(), True),
+        T.StructField("error_type", T.StringType(), True),
+        T.StructField("message", T.StringType(), True),
+    ]
+)
+
 FEATURES_SCHEMA = T.StructType(
     [
         *IDENTITY_FIELDS,

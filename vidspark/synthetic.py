@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -156,4 +157,76 @@ def write_camera_archive(
                 img = scene(shown, rng, size=size, phase=i / 3.0)
                 sink.put(f"{prefix}{cam}/{video_id}/frame_{i:05d}.jpg", jpeg_bytes(img), t0 + timedelta(seconds=i / fps))
             truths.append(VideoTruth(cam, video_id, label, tuple(frame_labels)))
+    return truths
+
+
+def encode_video(frames: list[Image.Image] | list[np.ndarray], *, fps: int = 8, codec: str = "libx264", container_format: str = "mp4", gop: int = 8, faststart: bool = True) -> bytes:
+    """Encode frames (PIL images or uint8 RGB arrays) with PyAV: H.264 in MP4 by default, MJPEG in AVI with ``codec='mjpeg', container_format='avi'``."""
+    import av
+
+    options = {"movflags": "+faststart"} if faststart and container_format in ("mp4", "mov") else {}
+    with tempfile.TemporaryDirectory() as tmp:  # faststart rewrites the file in a second pass: needs a real file
+        path = os.path.join(tmp, f"video.{container_format}")
+        _encode_to(av, path, frames, fps=fps, codec=codec, container_format=container_format, gop=gop, options=options)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def _encode_to(av: Any, path: str, frames: list[Any], *, fps: int, codec: str, container_format: str, gop: int, options: dict[str, str]) -> None:
+    with av.open(path, mode="w", format=container_format, options=options) as out:
+        first = np.asarray(frames[0])
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = first.shape[0], first.shape[1]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"preset": "veryfast", "crf": "23"}
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.asarray(img, dtype=np.uint8)), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def write_video_camera(
+    sink: Sink,
+    *,
+    camera: str = "cam3",
+    videos: int = 2,
+    frames_per_video: int = 48,
+    fps: int = 8,
+    classes: tuple[str, ...] = CLASSES[:2],
+    flicker: float = 0.3,
+    start: datetime | None = None,
+    seed: int = 2,
+    prefix: str = "",
+    size: tuple[int, int] = (320, 240),
+    codec: str = "libx264",
+    container_format: str = "mp4",
+    extension: str = "mp4",
+) -> list[VideoTruth]:
+    """A camera recorded as video files ``{camera}/{start:%Y%m%dT%H%M%S}.{extension}``.
+
+    Each video shows its main class, with a ``flicker`` fraction of frames (chosen at random)
+    showing another class. ``video_id`` in the returned truths is the key without extension, which
+    is what vidspark gives a video file when the layout names no ``{video_id}``.
+    """
+    rng = np.random.default_rng(seed)
+    start = start or datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc)
+    truths = []
+    for v in range(videos):
+        label = classes[v % len(classes)]
+        t0 = start + timedelta(minutes=20 * v)
+        stem = f"{prefix}{camera}/{t0:%Y%m%dT%H%M%S}"
+        frame_labels = []
+        images = []
+        for i in range(frames_per_video):
+            shown = label
+            if rng.uniform() < flicker:
+                shown = classes[(classes.index(label) + 1 + int(rng.integers(0, max(1, len(classes) - 1)))) % len(classes)]
+            frame_labels.append(shown)
+            images.append(scene(shown, rng, size=size, phase=i / 3.0))
+        sink.put(f"{stem}.{extension}", encode_video(images, fps=fps, codec=codec, container_format=container_format), t0 + timedelta(seconds=frames_per_video / fps))
+        truths.append(VideoTruth(camera, stem[len(prefix) :], label, tuple(frame_labels)))
     return truths

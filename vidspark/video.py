@@ -1,0 +1,443 @@
+"""Video objects: streaming reads, keyframe-aligned splitting and sampled decoding with PyAV.
+
+Nothing here touches Spark; :mod:`vidspark.featurize` calls these functions on executors.
+
+- Bytes are streamed: local files are opened by FFmpeg itself, S3 objects through
+  :class:`RangeReader`, which fetches fixed-size ranges (``IfMatch`` on the listed ETag) and keeps
+  at most two of them, so memory does not depend on the object's size.
+- Frame identity: ``frame_idx`` is the frame's index in presentation order in the decoded stream;
+  its time is ``(pts - stream.start_time) * time_base`` seconds after the object's start time.
+- Sampling is a pure function of a frame's index and time (and the previous frame's time), so a
+  segment decoded in its own task keeps exactly the frames that a whole-file decode keeps.
+- Splitting (:func:`probe_segments`) demuxes the packets without decoding them, then cuts at
+  keyframes; each segment owns the frames whose ``pts`` lies in ``[start_pts, end_pts)``.
+  A decode seeks to the keyframe, checks that it landed on or before it (MPEG-TS seeks are
+  estimates) and otherwise retries further back, finally from the start.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from vidspark.config import StorageConf, VideoConf
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "qt", "mkv", "webm", "avi", "ts", "mts", "m2ts", "mpg", "mpeg", "flv", "3gp", "wmv", "asf", "ogv"})
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "jfif", "png", "webp", "bmp", "tif", "tiff", "gif"})
+_IMAGE_FTYP_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+SNIFF_BYTES = 512
+
+
+def kind_of_key(key: str) -> str:
+    """``image`` or ``video`` from the key's extension; ``auto`` (decided by content) otherwise."""
+    name = key.rsplit("/", 1)[-1]
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    return "auto"
+
+
+def sniff_is_video(head: bytes) -> bool:
+    """Whether the first bytes of an object are a video container (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF)."""
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return head[8:12] not in _IMAGE_FTYP_BRANDS  # HEIF/AVIF stills share the ISO box format
+    if head[:4] == b"\x1a\x45\xdf\xa3" or head[:3] == b"FLV" or head[:4] == b"\x30\x26\xb2\x75":
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return True
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
+        return True
+    if len(head) > 376 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
+        return True
+    return len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free") and head[:3] == b"\x00\x00\x00"
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable read-only file over one S3 object, fetched in ``block_size`` ranges.
+
+    At most ``max_blocks`` blocks are held (least recently used dropped), so memory stays bounded
+    whatever the object's size. Every range GET carries ``IfMatch`` with the listed ETag: an object
+    replaced while it is read raises instead of mixing two versions. The last storage exception is
+    kept in :attr:`error` (PyAV reports a read failure as an I/O error of its own).
+    """
+
+    def __init__(self, client: Any, uri: str, *, size: int, etag: str | None, block_size: int, max_blocks: int = 2) -> None:
+        super().__init__()
+        bucket, _, key = uri[5:].partition("/")
+        self.client, self.bucket, self.key, self.size, self.etag = client, bucket, key, int(size), etag
+        self.block_size, self.max_blocks = int(block_size), max_blocks
+        self.pos = 0
+        self.blocks: OrderedDict[int, bytes] = OrderedDict()
+        self.requests = 0
+        self.bytes_fetched = 0
+        self.max_buffered = 0
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def _block(self, n: int) -> bytes:
+        data = self.blocks.get(n)
+        if data is not None:
+            self.blocks.move_to_end(n)
+            return data
+        start = n * self.block_size
+        end = min(self.size, start + self.block_size) - 1
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "Range": f"bytes={start}-{end}"}
+        if self.etag:
+            kwargs["IfMatch"] = f'"{self.etag}"'
+        try:
+            body = self.client.get_object(**kwargs)["Body"]
+            try:
+                data = bytes(body.read())
+            finally:
+                body.close()
+        except Exception as exc:
+            self.error = exc
+            raise
+        self.requests += 1
+        self.bytes_fetched += len(data)
+        self.blocks[n] = data
+        while len(self.blocks) > self.max_blocks:
+            self.blocks.popitem(last=False)
+        self.max_buffered = max(self.max_buffered, sum(len(b) for b in self.blocks.values()))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.size:
+            return 0
+        n_block, offset = divmod(self.pos, self.block_size)
+        data = self._block(n_block)
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(data) - offset)
+        view[:n] = data[offset : offset + n]
+        self.pos += n
+        return n
+
+
+def open_source(uri: str, *, size: int, etag: str | None, sconf: StorageConf, vconf: VideoConf) -> Any:
+    """What :func:`av.open` reads: a local path as is, an S3 object as a :class:`RangeReader`."""
+    if uri.startswith("s3://"):
+        from vidspark.storage import cached_s3_client
+
+        return RangeReader(cached_s3_client(sconf), uri, size=size, etag=etag, block_size=vconf.read_block_bytes)
+    return uri
+
+
+def read_head(source: Any, n: int = SNIFF_BYTES) -> bytes:
+    """The first ``n`` bytes of a source from :func:`open_source`."""
+    if isinstance(source, RangeReader):
+        source.seek(0)
+        head = source.read(n) or b""
+        source.seek(0)
+        return head
+    with open(source, "rb") as fh:
+        return fh.read(n)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The frames of one video owned by one task: ``start_pts <= pts < end_pts`` (None: open end).
+
+    ``first_idx`` is the stream index of the segment's first frame, ``prev_pts`` the pts of the frame
+    just before it (for fps sampling), ``last_idx`` the index after which ``max_frames`` is reached.
+    """
+
+    start_pts: int | None = None
+    end_pts: int | None = None
+    first_idx: int = 0
+    prev_pts: int | None = None
+    last_idx: int | None = None
+    seg_no: int = 0
+
+
+WHOLE = Segment()
+
+
+@dataclass
+class VideoFrame:
+    """One sampled frame: stream index, seconds after the stream start, model-ready pixels."""
+
+    idx: int
+    seconds: float
+    pixels: np.ndarray
+
+
+@dataclass
+class DecodeReport:
+    """How a decode ended: frames decoded and kept, and the error to report (type, message) if any."""
+
+    decoded: int = 0
+    kept: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def error(self) -> tuple[str, str] | None:
+        """One (error_type, message) summing up every problem of this decode, or None."""
+        if not self.errors:
+            return None
+        etype, message = self.errors[0]
+        if len(self.errors) > 1:
+            message += f" (and {len(self.errors) - 1} more decode problem(s))"
+        return etype, message
+
+
+class Sampler:
+    """Which frames to keep: every N-th stream index, or the first frame of every 1/fps seconds."""
+
+    def __init__(self, vconf: VideoConf) -> None:
+        self.every = vconf.every_n_frames
+        self.fps = Fraction(str(vconf.fps)) if vconf.fps else None
+
+    def keep(self, idx: int, t: Fraction, prev_t: Fraction | None) -> bool:
+        if self.fps is None:
+            return idx % self.every == 0
+        return prev_t is None or math.floor(t * self.fps) > math.floor(prev_t * self.fps)
+
+
+def _stream_clock(stream: Any) -> tuple[int, Fraction, Fraction]:
+    start = stream.start_time if stream.start_time is not None else 0
+    tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 25
+    return int(start), tb, Fraction(rate)
+
+
+def _open(av: Any, source: Any, vconf: VideoConf) -> Any:
+    if isinstance(source, RangeReader):
+        source.seek(0)
+        return av.open(source, mode="r", buffer_size=min(vconf.read_block_bytes, 1 << 20))
+    return av.open(source, mode="r")
+
+
+def _where(reader: Any, packet: Any, tb: Fraction, start: int, idx: int) -> str:
+    parts = [f"frame {idx}"]
+    if packet is not None and packet.pts is not None:
+        parts.append(f"t={float((packet.pts - start) * tb):.3f} s")
+    pos = getattr(packet, "pos", None) if packet is not None else None
+    if pos is not None and pos >= 0:
+        parts.append(f"byte {pos}")
+    elif isinstance(reader, RangeReader):
+        parts.append(f"near byte {reader.tell()}")
+    return ", ".join(parts)
+
+
+def _is_storage_error(source: Any, exc: BaseException) -> bool:
+    return isinstance(source, RangeReader) and source.error is not None
+
+
+def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], DecodeReport]:
+    """Demux (without decoding) one video and cut it at keyframes into segments of ``segment_seconds``.
+
+    Returns one :data:`WHOLE` segment when the stream has frames without timestamps. Problems
+    found while demuxing (unreadable container, truncation) are in the report's errors.
+    """
+    import av
+
+    report = DecodeReport()
+    try:
+        container = _open(av, source, vconf)
+    except Exception as exc:  # FFmpeg and storage errors alike become the object's errors row
+        report.errors.append((type(exc).__name__, f"cannot open video: {exc}"))
+        return [], report
+    try:
+        if not container.streams.video:
+            report.errors.append(("NoVideoStream", "the container has no video stream"))
+            return [], report
+        stream = container.streams.video[0]
+        start, tb, _ = _stream_clock(stream)
+        pts_list: list[int] = []
+        keyframes: list[int] = []
+        packet = None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if packet.pts is None:
+                    return [WHOLE], report
+                pts_list.append(int(packet.pts))
+                if packet.is_keyframe:
+                    keyframes.append(int(packet.pts))
+        except Exception as exc:  # a read error mid-file: segments cover what was readable
+            report.errors.append((type(exc).__name__, f"demuxing stopped at {_where(source, packet, tb, start, len(pts_list))}: {exc}"))
+        if not report.errors and pts_list:
+            problem = _check_complete(container, stream, source, len(pts_list), (max(pts_list) - start) * tb, _stream_clock(stream)[2])
+            if problem:
+                report.errors.append(("TruncatedVideo", problem))
+    finally:
+        container.close()
+    if not pts_list:
+        if not report.errors:
+            report.errors.append(("EmptyVideo", "the video stream has no frames"))
+        return [], report
+    pts_sorted = sorted(pts_list)
+    seg_ticks = Fraction(str(vconf.segment_seconds)) / tb
+    bounds = [pts_sorted[0]]
+    for k in sorted(set(keyframes)):
+        if k - bounds[-1] >= seg_ticks:
+            bounds.append(k)
+    last_idx = None
+    if vconf.max_frames:
+        sampler, kept, prev = Sampler(vconf), 0, None
+        for i, p in enumerate(pts_sorted):
+            t = (p - start) * tb
+            if sampler.keep(i, t, prev):
+                kept += 1
+                if kept == vconf.max_frames:
+                    last_idx = i
+                    break
+            prev = t
+    segments = []
+    for n, b in enumerate(bounds):
+        first = bisect_left(pts_sorted, b)
+        if last_idx is not None and first > last_idx:
+            break
+        segments.append(
+            Segment(
+                start_pts=None if n == 0 else b,
+                end_pts=bounds[n + 1] if n + 1 < len(bounds) else None,
+                first_idx=first,
+                prev_pts=pts_sorted[first - 1] if first else None,
+                last_idx=last_idx,
+                seg_no=n,
+            )
+        )
+    return segments, report
+
+
+_SEEK_BACK_SECONDS = (0.0, 1.0, 5.0, 30.0)
+
+
+def decode_frames(source: Any, vconf: VideoConf, *, size: int, segment: Segment = WHOLE, report: DecodeReport | None = None) -> Iterator[VideoFrame]:
+    """Decode one video (or one segment of it) and yield the sampled frames as ``size``×``size`` RGB.
+
+    Decode problems do not raise: they go to ``report.errors`` with the position where decoding
+    stopped, and the frames decoded before (and after, when the decoder recovers) are still yielded.
+    A whole-file decode also reports a stream that ends before its declared frame count or duration.
+    """
+    import av
+
+    report = report if report is not None else DecodeReport()
+    attempts: list[float | None] = [None] if segment.start_pts is None else [*_SEEK_BACK_SECONDS, None]
+    for back in attempts:
+        outcome = yield from _decode_attempt(av, source, vconf, size=size, segment=segment, seek_back=back, report=report, last_try=back is None)
+        if outcome != "missed":
+            return
+        logger.info("seek landed after pts %s in %s; retrying from further back", segment.start_pts, source)
+
+
+def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segment: Segment, seek_back: float | None, report: DecodeReport, last_try: bool) -> Generator[VideoFrame, None, str]:
+    try:
+        container = _open(av, source, vconf)
+    except Exception as exc:  # FFmpeg and storage errors alike become the object's errors row
+        report.errors.append((type(exc).__name__, f"cannot open video: {exc}"))
+        return "failed"
+    try:
+        if not container.streams.video:
+            report.errors.append(("NoVideoStream", "the container has no video stream"))
+            return "failed"
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = vconf.decode_threads
+        stream.codec_context.thread_type = "AUTO"
+        start, tb, rate = _stream_clock(stream)
+        from_start = segment.start_pts is None
+        whole = from_start and segment.end_pts is None
+        if segment.start_pts is not None and seek_back is not None:
+            target = max(start, segment.start_pts - int(Fraction(str(seek_back)) / tb))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        sampler = Sampler(vconf)
+        idx = segment.first_idx
+        prev_t = (segment.prev_pts - start) * tb if segment.prev_pts is not None else None
+        seen_start = from_start
+        packet = None
+        demux = container.demux(stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except Exception as exc:  # truncated or unreadable container: keep what decoded so far
+                stage_note = "reading" if _is_storage_error(source, exc) else "demuxing"
+                report.errors.append((type(exc).__name__, f"{stage_note} stopped at {_where(source, packet, tb, start, idx)}: {exc}"))
+                packet = None
+                break
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:  # a corrupt packet: the decoder resumes at the next keyframe
+                report.errors.append((type(exc).__name__, f"decoding failed at {_where(source, packet, tb, start, idx)}: {exc}"))
+                continue
+            for frame in frames:
+                report.decoded += 1
+                pts = frame.pts
+                if not from_start:
+                    if pts is None or pts < segment.start_pts:
+                        continue
+                    if not seen_start:
+                        if pts != segment.start_pts and not last_try:
+                            return "missed"
+                        seen_start = True
+                if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
+                    return "done"
+                t = (pts - start) * tb if pts is not None else Fraction(idx) / rate
+                if segment.last_idx is not None and idx > segment.last_idx:
+                    return "done"
+                if sampler.keep(idx, t, prev_t):
+                    report.kept += 1
+                    yield VideoFrame(idx, float(t), frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR"))
+                    if from_start and segment.last_idx is None and vconf.max_frames and report.kept >= vconf.max_frames:
+                        return "done"
+                prev_t = t
+                idx += 1
+        if not seen_start and not last_try:
+            return "missed"
+        if whole and not report.errors:
+            problem = _check_complete(container, stream, source, idx, prev_t, rate)
+            if problem:
+                report.errors.append(("TruncatedVideo", problem))
+        return "done"
+    finally:
+        container.close()
+
+
+def _check_complete(container: Any, stream: Any, source: Any, n_frames: int, last_t: Fraction | None, rate: Fraction) -> str | None:
+    """Why a whole-file decode looks cut short (fewer frames or seconds than the header declares), or None."""
+    declared = int(stream.frames or 0)
+    if declared > n_frames:
+        return f"the stream stops at frame {n_frames} of {declared} declared (t={float(last_t or 0):.3f} s): file truncated?"
+    if container.format.name != "mpegts" and container.duration and last_t is not None:
+        declared_s = container.duration / 1_000_000
+        if declared_s - float(last_t) > max(3 / float(rate), 0.5):
+            return f"the stream stops at t={float(last_t):.3f} s of {declared_s:.3f} s declared (frame {n_frames}): file truncated?"
+    if container.format.name == "mpegts":
+        size = source.size if isinstance(source, RangeReader) else _file_size(source)
+        if size % 188:
+            return f"MPEG-TS file of {size} bytes ends inside a 188-byte packet (frame {n_frames}, t={float(last_t or 0):.3f} s): file truncated?"
+    return None
+
+
+def _file_size(path: str) -> int:
+    import os
+
+    return os.path.getsize(path)
