@@ -63,7 +63,7 @@ def test_videos_become_sampled_timed_frames_and_split_tasks_agree(spark, archive
     # split decoding: the same frames, each once, with the same features
     key = ["uri", "frame_idx"]
     a, b = one.sort_values(key).reset_index(drop=True), split.sort_values(key).reset_index(drop=True)
-    assert a[key + ["frame_ts"]].equals(b[key + ["frame_ts"]])
+    assert a[[*key, "frame_ts"]].equals(b[[*key, "frame_ts"]])
     assert not b.duplicated(key).any()
     np.testing.assert_allclose(np.stack(a["features"]), np.stack(b["features"]), rtol=1e-4, atol=1e-5)
 
