@@ -174,3 +174,54 @@ def test_error_fraction_over_limit_exits_4_and_still_writes(spark, tmp_path):
     assert read_table(spark, str(tmp_path / "errors"), ERRORS_SCHEMA).count() == 3
     record = last_run_record(tmp_path / "runs")
     assert record["exit_code"] == 4 and "max_error_fraction" in record["message"]
+
+
+def test_mixed_video_and_still_archive_from_s3(spark, s3_endpoint, tmp_path):
+    """Video files (H.264 MP4, a truncated MJPEG AVI) and frame folders in one bucket, two cameras."""
+    from vidspark.config import StorageConf
+    from vidspark.storage import make_s3_client
+    from vidspark.synthetic import encode_video, write_video_camera
+
+    client = make_s3_client(StorageConf(endpoint_url=s3_endpoint))
+    bucket = "e2e-video"
+    client.create_bucket(Bucket=bucket)
+    sink = S3Sink(client, bucket)
+    write_labeled_set(sink, classes=CLASSES[:2], per_class=24, seed=20, prefix="labeled/")
+    truths = write_camera_archive(sink, cameras=("cam1",), videos_per_camera=2, frames_per_video=12, classes=CLASSES[:2], flicker=0.2, seed=21, prefix="cameras/")
+    # cam3 records video: 48 frames at 8 fps, 30% of them (at random) show the other class
+    video_truths = write_video_camera(sink, camera="cam3", videos=2, frames_per_video=48, fps=8, classes=CLASSES[:2], flicker=0.3, seed=22, prefix="cameras/")
+    rng = __import__("numpy").random.default_rng(3)
+    avi = encode_video([scene("car", rng, size=(160, 120)) for _ in range(24)], fps=8, codec="mjpeg", container_format="avi")
+    sink.put("cameras/cam3/20261120T170000.avi", avi[: len(avi) // 2])
+
+    out = tmp_path / "out"
+    features, model = str(out / "features"), out / "model"
+    assert run_cli(spark, "featurize", "--input", f"s3://{bucket}/labeled", "--output", str(tmp_path / "labeled-features")) == 0
+    assert run_cli(spark, "train", "--features", str(tmp_path / "labeled-features"), "--model", str(model), "--folds", "4") == 0
+    layout = "{camera_id}/{video_id}/** | {camera_id}/{ts}"
+    sets = ["--set", "video.every_n_frames=2", "--set", "job.max_error_fraction=0.5", "--set", "video.split_min_bytes=0", "--set", "video.segment_seconds=2"]
+    assert run_cli(spark, "run", "--input", f"s3://{bucket}/cameras", "--layout", layout, "--model", str(model), "--output", str(out), *sets) == 0
+
+    feats = read_table(spark, features, FEATURES_SCHEMA)
+    per_uri = {r["uri"]: r["n"] for r in feats.groupBy("uri").agg(F.count("*").alias("n")).collect()}
+    for t in video_truths:
+        assert per_uri[f"s3://{bucket}/cameras/{t.video_id}.mp4"] == 24  # every 2nd of 48 frames, split into ~2 s tasks
+    cut = per_uri[f"s3://{bucket}/cameras/cam3/20261120T170000.avi"]
+    assert 0 < cut < 12
+    errors = read_table(spark, str(out / "errors"), ERRORS_SCHEMA).collect()
+    assert [(e["uri"].rsplit("/", 1)[-1], e["stage"]) for e in errors] == [("20261120T170000.avi", "decode")]
+    record = last_run_record(out / "runs")
+    assert record["summary"]["featurize"]["videos"] == 3 and record["summary"]["featurize"]["work_units"] > 3 + 24  # split
+
+    videos = {(r["camera_id"], r["video_id"]): r for r in read_table(spark, str(out / "predictions" / "videos"), VIDEO_PREDICTIONS_SCHEMA).collect()}
+    assert {k[0] for k in videos} == {"cam1", "cam3"}
+    for t in video_truths:
+        r = videos[("cam3", t.video_id)]
+        assert r["n_frames"] == 24 and r["label"] == t.label
+        # frames alternate classes at random around a clear majority: smoothing must flicker less
+        assert r["smoothed_label_switches"] < r["raw_label_switches"], r
+    assert all(videos[("cam1", t.video_id)]["raw_label_switches"] is not None for t in truths)
+
+    png = tmp_path / "timeline.png"
+    assert main(["timeline", "--predictions", str(out / "predictions"), "--video", video_truths[0].video_id, "--out", str(png)], spark=spark) == 0
+    assert png.stat().st_size > 10_000

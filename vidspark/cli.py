@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int)
     _common(p)
 
+    p = sub.add_parser("timeline", help="one video's raw and smoothed class probabilities over time, as a PNG")
+    p.add_argument("--predictions", required=True, help="the folder `vidspark predict --output` wrote (frames/, videos/, predict.json)")
+    p.add_argument("--video", required=True, help="video_id as in predictions/videos")
+    p.add_argument("--camera", help="camera_id, when the video id exists in several cameras")
+    p.add_argument("--out", required=True, help="PNG file to write (local path)")
+    _common(p)
+
     p = sub.add_parser("demo", help="synthetic archive -> featurize -> train -> predict, with a summary")
     p.add_argument("--workdir", default="demo-output", help="folder for the archive and outputs (default ./demo-output)")
     _common(p)
@@ -84,8 +91,8 @@ def _load(args: argparse.Namespace) -> Conf:
     return load_conf(args.conf, overrides)
 
 
-def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable[[Any], dict[str, Any]], str]:
-    """The library call for a verb, and where its run record goes."""
+def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable[[Any], dict[str, Any]], str | None]:
+    """The library call for a verb, and where its run record goes (None: a viewer, no record)."""
     from vidspark import featurize, outputs, pipeline, predict, train
 
     v = args.verb
@@ -97,6 +104,10 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
         return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf)), outputs.join(args.output, "runs")
     if v == "run":
         return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(args.output, "runs")
+    if v == "timeline":
+        from vidspark import timeline
+
+        return (lambda s: timeline.timeline(s, predictions=args.predictions, video_id=args.video, camera_id=args.camera, out=args.out)), None
     if v == "demo":
         return (lambda s: pipeline.demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), outputs.join(args.workdir, "output", "runs")
     raise ConfigError(f"unknown verb {v!r}")  # pragma: no cover - argparse restricts verbs
@@ -152,7 +163,7 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         "message": message,
         "summary": summary,
     }
-    if session is not None:
+    if session is not None and runs_dir is not None:
         try:
             from vidspark.outputs import join, write_json
 
@@ -174,7 +185,7 @@ def render_summary(verb: str, s: dict[str, Any]) -> str:
         "vidspark demo summary",
         f"  labeled set:   {f1['featurized']} frames featurized ({f1['error_count']} errors), classes {t['classes']}",
         f"  cross-val:     {t['n_splits']}-fold grouped, accuracy {t['cv_accuracy']:.3f}, F1 {t['cv_f1']:.3f}, ROC AUC {t['cv_roc_auc']:.3f}",
-        f"  cameras:       {fc['featurized']} frames featurized, {fc['error_count']} errors {fc['errors_by_stage']}",
+        f"  cameras:       {fc['featurized']} frames featurized ({fc['videos']} video files among {fc['listed']} objects), {fc['error_count']} errors {fc['errors_by_stage']}",
         f"  videos:        {pc.get('videos', 0)} classified, label switches raw {pc.get('raw_label_switches', 0)} -> smoothed {pc.get('smoothed_label_switches', 0)} (window {pc.get('window')})",
         f"  featurizer:    {fc['featurizer']}",
         "  outputs:",
@@ -184,6 +195,8 @@ def render_summary(verb: str, s: dict[str, Any]) -> str:
         f"    videos       {pc.get('videos_output')}",
         f"    model        {t['model']}",
         f"    run records  {s['output']}/runs",
+        "  look at one video:",
+        f"    vidspark timeline --predictions {s['output']}/predictions --video cam3/20261120T150000 --out timeline.png",
     ]
     return "\n".join(lines)
 

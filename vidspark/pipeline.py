@@ -11,16 +11,18 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.config import Conf
+from vidspark.config import Conf, VideoConf
 from vidspark.errors import ErrorFractionExceeded
 from vidspark.featurize import featurize
 from vidspark.outputs import join, read_table
 from vidspark.predict import predict
 from vidspark.schemas import FEATURES_SCHEMA
-from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set
+from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera
 from vidspark.train import train
 
 logger = logging.getLogger(__name__)
+
+DEMO_CAMERA_LAYOUT = "{camera_id}/{video_id}/** | {camera_id}/{ts}"
 
 
 def check_error_fraction(summary: dict[str, Any], conf: Conf) -> None:
@@ -71,10 +73,15 @@ def make_demo_archive(root: Path, *, classes: tuple[str, ...] = CLASSES, per_cla
             shutil.rmtree(p)
     keys = write_labeled_set(LocalSink(labeled), classes=classes, per_class=per_class, seed=seed)
     truths = write_camera_archive(LocalSink(cameras), cameras=("cam1", "cam2"), videos_per_camera=3, frames_per_video=16, classes=classes, seed=seed + 1)
-    # What a real archive holds too: an empty upload and a cut-off JPEG. They become errors rows.
+    # A third camera records H.264 MP4 files (cam3/<start time>.mp4), 8 s at 8 fps each.
+    truths += write_video_camera(LocalSink(cameras), camera="cam3", videos=3, frames_per_video=64, fps=8, classes=classes, flicker=0.3, seed=seed + 2)
+    # What a real archive holds too: an empty upload, a cut-off JPEG and a recording cut off mid-upload.
+    # The first two become errors rows; the video gives the frames before the cut and one errors row.
     (cameras / "cam1" / "cam1-000" / "frame_99998.jpg").write_bytes(b"")
     good = (cameras / "cam1" / "cam1-000" / "frame_00000.jpg").read_bytes()
     (cameras / "cam2" / "cam2-000" / "frame_99999.jpg").write_bytes(good[: len(good) // 3])
+    first_video = sorted((cameras / "cam3").glob("*.mp4"))[0].read_bytes()
+    (cameras / "cam3" / "20261120T170000.mp4").write_bytes(first_video[: len(first_video) // 2])
     return {"labeled": str(labeled), "cameras": str(cameras), "labeled_objects": len(keys), "videos": len(truths)}
 
 
@@ -86,6 +93,9 @@ def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> dict[
     labeled_conf = conf.replace("input", layout="{label}/**")
     train_features = featurize(spark, input_uri=archive["labeled"], output=str(out / "features"), conf=labeled_conf, run_id=run_id, errors_output=str(out / "errors-labeled"))
     tsum = train(spark, features=str(out / "features"), model_dir=str(out / "model"), conf=conf)
-    camera_conf = conf.replace("input", layout="{camera_id}/{video_id}/**")
+    # Frame folders (cam1, cam2) and video files named by their start time (cam3), in one layout.
+    camera_conf = conf.replace("input", layout=DEMO_CAMERA_LAYOUT)
+    if conf.video == VideoConf():
+        camera_conf = camera_conf.replace("video", every_n_frames=2)
     rsum = run(spark, input_uri=archive["cameras"], model_dir=str(out / "model"), output=str(out), conf=camera_conf, run_id=run_id)
     return {"archive": archive, "featurize_labeled": train_features, "train": tsum, "run": rsum, "output": str(out)}

@@ -23,7 +23,7 @@ from pyspark.sql import types as T
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
-from vidspark.outputs import join, read_table, write_partitioned
+from vidspark.outputs import join, read_table, write_json, write_partitioned
 from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ def predict(spark: SparkSession, *, features: str, model_dir: str, output: str, 
             videos_df.unpersist()
     finally:
         frames_df.unpersist()
+    write_json(spark, join(output, "predict.json"), {"classes": model.classes, "model": model_dir, "featurizer": model.featurizer, "window": window})
     summary = {
         "features": features,
         "model": model_dir,
