@@ -80,3 +80,10 @@ def test_video_objects_get_kind_and_default_video_id():
     # the key without extension identifies the recording
     inv2 = build_inventory(objs[:2], Layout("{camera_id}/**"))
     assert sorted(inv2.rows["video_id"]) == ["cam3/2026-11-20/143000", "cam3/2026-11-21/143000"]
+
+
+def test_extensionless_objects_are_not_grouped_into_events():
+    objs = [obj("cam1/a.jpg", 0), obj("cam1/clip0001", 1), obj("cam1/c.jpg", 2)]
+    inv = build_inventory(objs, Layout("{camera_id}/**"), gap_seconds=10).rows.set_index("key")
+    assert inv.loc["cam1/a.jpg", "video_id"] == inv.loc["cam1/c.jpg", "video_id"] == "evt-20261120T235959"
+    assert inv.loc["cam1/clip0001", "video_id"] is None and inv.loc["cam1/c.jpg", "frame_idx"] == 1

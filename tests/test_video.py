@@ -196,3 +196,62 @@ def test_range_reader_streams_from_s3_with_bounded_memory(videos, s3_client, buc
     report = DecodeReport()
     assert list(decode_frames(stale, vconf, size=32, report=report)) == []
     assert report.error() is not None and stale.error is not None
+
+
+def test_intact_m2ts_and_video_with_longer_audio_are_not_truncated(tmp_path):
+    import av as pyav
+
+    frames = _frames(24)
+    m2ts = tmp_path / "cam.m2ts"
+    with pyav.open(str(m2ts), "w", format="mpegts", options={"mpegts_m2ts_mode": "1"}) as out:  # 192-byte packets
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        for img in frames:
+            for p in s.encode(pyav.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    assert m2ts.stat().st_size % 192 == 0 and m2ts.stat().st_size % 188 != 0
+    got, report = run(m2ts, VideoConf())
+    assert len(got) == 24 and report.error() is None
+
+    with_audio = tmp_path / "av.mp4"
+    with pyav.open(str(with_audio), "w") as out:  # 2.4 s of video, 5 s of audio
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
+        aus = out.add_stream("aac", rate=16000)
+        for img in frames:
+            for p in vs.encode(pyav.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        for i in range(5 * 16000 // 1024):
+            af = pyav.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, i * 1024
+            for p in aus.encode(af):
+                out.mux(p)
+        for p in aus.encode():
+            out.mux(p)
+    got, report = run(with_audio, VideoConf())
+    assert len(got) == 24 and report.error() is None
+    segments, preport = probe_segments(str(with_audio), VideoConf(segment_seconds=0.5))
+    assert preport.error() is None and len(segments) > 1
+
+
+def test_corrupt_packets_keep_frame_numbers_of_split_and_whole_decodes(videos, tmp_path):
+    data = bytearray(videos["h264.mp4"].read_bytes())  # MP4: the index still lists every packet
+    with av.open(str(videos["h264.mp4"])) as c:  # garble the payload of three packets in the middle
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size][25:28]
+    noise = np.random.default_rng(0).integers(0, 256, size=len(data), dtype=np.uint8)
+    for pos, size in packets:
+        data[pos + 8 : pos + size] = bytes(noise[pos + 8 : pos + size])
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    vconf = VideoConf(segment_seconds=1.2)
+    whole, report = run(bad, vconf)
+    assert report.error() is not None and 0 < len(whole) < N_FRAMES
+    segments, _ = probe_segments(str(bad), vconf)
+    split = [f for seg in segments for f in run(bad, vconf, segment=seg)[0]]
+    assert [(f.idx, f.seconds) for f in split] == [(f.idx, f.seconds) for f in whole]
+    # a frame's index is its place in the stream, whatever failed before it
+    np.testing.assert_allclose([f.seconds for f in whole], [f.idx / FPS for f in whole], atol=1e-6)

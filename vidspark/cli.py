@@ -32,6 +32,43 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def _incremental(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--full", action="store_true", help="featurize every selected object again, even those unchanged since the last run")
+    p.add_argument("--prune", action="store_true", help="remove rows of objects no longer listed under --input (default: keep them)")
+    p.add_argument("--since", help="only objects whose {ts} (else last-modified) is at or after this UTC date/time, e.g. 2026-11-20 or 2026-11-20T06:00")
+    p.add_argument("--until", help="only objects before this UTC date/time (exclusive)")
+    p.add_argument("--cameras", help="only these cameras, comma-separated")
+
+
+def parse_when(flag: str, text: str | None) -> datetime | None:
+    """``--since``/``--until`` value: ISO date or date-time, UTC unless it has an offset.
+
+    Raises
+    ------
+    ConfigError
+        Naming the flag and the accepted forms.
+    """
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {text!r}: expected an ISO date or date-time such as 2026-11-20 or 2026-11-20T06:00:00Z") from exc
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    from vidspark.featurize import Selection
+
+    since, until = parse_when("--since", getattr(args, "since", None)), parse_when("--until", getattr(args, "until", None))
+    if since and until and since >= until:
+        raise ConfigError(f"--since {args.since} is not before --until {args.until}")
+    cameras = frozenset(c.strip() for c in args.cameras.split(",") if c.strip()) if getattr(args, "cameras", None) else None
+    if getattr(args, "cameras", None) is not None and not cameras:
+        raise ConfigError("--cameras is empty; expected camera ids separated by commas")
+    return Selection(since=since, until=until, cameras=cameras) if (since or until or cameras) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidspark", description="Classify images and video frames from camera archives on Spark.")
     parser.add_argument("--version", action="version", version=f"vidspark {__version__}")
@@ -42,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="features table (Parquet, partitioned camera_id/date)")
     p.add_argument("--layout", help="key layout template (default conf input.layout, '{label}/**')")
     p.add_argument("--errors", help="errors table (default: 'errors' beside --output)")
+    _incremental(p)
     _common(p)
 
     p = sub.add_parser("train", help="labeled features -> LightGBM model dir with grouped CV report")
@@ -63,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output root: features/, errors/, predictions/, runs/")
     p.add_argument("--layout")
     p.add_argument("--window", type=int)
+    _incremental(p)
     _common(p)
 
     p = sub.add_parser("timeline", help="one video's raw and smoothed class probabilities over time, as a PNG")
@@ -96,14 +135,19 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
     from vidspark import featurize, outputs, pipeline, predict, train
 
     v = args.verb
+    selection = _selection(args) if v in ("featurize", "run") else None
     if v == "featurize":
-        return (lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors)), outputs.sibling(args.output, "runs")
+        return (
+            lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors, full=args.full, prune=args.prune, selection=selection)
+        ), outputs.sibling(args.output, "runs")
     if v == "train":
         return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf)), outputs.sibling(args.model, "runs")
     if v == "predict":
-        return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf)), outputs.join(args.output, "runs")
+        return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(args.output, "runs")
     if v == "run":
-        return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(args.output, "runs")
+        return (
+            lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id, full=args.full, prune=args.prune, selection=selection)
+        ), outputs.join(args.output, "runs")
     if v == "timeline":
         from vidspark import timeline
 

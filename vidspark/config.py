@@ -79,6 +79,7 @@ class VideoConf:
     segment_seconds: float = 300.0
     read_block_bytes: int = 8 * 1024 * 1024
     decode_threads: int = 1
+    max_frame_pixels: int = 8192 * 4352
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "video.segment_seconds": (0.001, None),
     "video.read_block_bytes": (4096, 1024**3),
     "video.decode_threads": (0, 64),
+    "video.max_frame_pixels": (1, None),
     "events.gap_seconds": (0.0, None),
     "job.max_error_fraction": (0.0, 1.0),
     "job.rows_per_task": (1, None),

@@ -15,9 +15,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date as date_cls
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from vidspark.config import Conf, FeaturizerConf, StorageConf, VideoConf
 from vidspark.featurizer import cached_model, featurize_arrays, featurizer_id
 from vidspark.imaging import decode_image
 from vidspark.layout import Layout, LayoutMismatch, natural_key
-from vidspark.outputs import sibling, write_partitioned, write_table
+from vidspark.outputs import partition_path, read_table, recover_table, replace_partitions, sibling, table_exists, write_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA, WORK_SCHEMA
 from vidspark.storage import ObjectInfo, cached_s3_client, check_readable, list_objects, make_s3_client, parse_uri, read_object
 from vidspark.video import WHOLE, DecodeReport, RangeReader, Segment, VideoFrame, decode_frames, kind_of_key, open_source, probe_segments, read_head, sniff_is_video
@@ -50,13 +52,31 @@ class Inventory:
 
     rows: pd.DataFrame
     errors: list[dict[str, Any]] = field(default_factory=list)
+    unselected: int = 0  # listed but outside --since/--until/--cameras
+    listed_uris: set[str] = field(default_factory=set)  # every object listed (for --prune)
 
     @property
     def listed(self) -> int:
-        return len(self.rows) + len(self.errors)
+        return len(self.rows) + len(self.errors) + self.unselected
 
 
-def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_seconds: float | None = None) -> Inventory:
+@dataclass(frozen=True)
+class Selection:
+    """Which listed objects a run takes: time window on the layout's ``{ts}`` (else last-modified), cameras."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    cameras: frozenset[str] | None = None
+
+    def takes(self, ts: datetime, camera_id: str) -> bool:
+        if self.since is not None and ts < self.since:
+            return False
+        if self.until is not None and ts >= self.until:
+            return False
+        return self.cameras is None or camera_id in self.cameras
+
+
+def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None) -> Inventory:
     """Parse listed objects with the layout into work rows (pure Python, driver side).
 
     ``camera_id`` defaults to ``unknown``; ``frame_ts`` is the layout's ``{ts}`` or else the object's
@@ -69,13 +89,19 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_second
     """
     records: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    listed_uris: set[str] = set()
+    unselected = 0
     for obj in objects:
+        listed_uris.add(obj.uri)
         try:
             kf = layout.parse(obj.rel_key)
         except LayoutMismatch as exc:
             errors.append({"uri": obj.uri, "stage": "layout", "error_type": "LayoutMismatch", "message": str(exc)})
             continue
         ts = kf.ts or obj.last_modified
+        if selection is not None and not selection.takes(ts, kf.camera_id or UNKNOWN_CAMERA):
+            unselected += 1
+            continue
         kind = kind_of_key(obj.rel_key)
         records.append(
             {
@@ -93,10 +119,10 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_second
             }
         )
     if not records:
-        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _WORK_COLUMNS}), errors)
+        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _WORK_COLUMNS}), errors, unselected, listed_uris)
     rows = pd.DataFrame.from_records(records)
     rows["frame_ts"] = pd.to_datetime(rows["frame_ts"], utc=True)
-    stills = rows["kind"] != "video"
+    stills = rows["kind"] == "image"  # extension-less objects may be videos: never grouped or ranked as stills
     if gap_seconds is not None:
         rows = with_event_ids(rows, gap_seconds=gap_seconds, mask=stills & rows["video_id"].isna())
     missing_idx = rows["frame_idx"].isna()
@@ -119,7 +145,7 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_second
         rows["date"] = rows["frame_ts"].dt.date
     for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
         rows[col] = None
-    return Inventory(rows[_WORK_COLUMNS].reset_index(drop=True), errors)
+    return Inventory(rows[_WORK_COLUMNS].reset_index(drop=True), errors, unselected, listed_uris)
 
 
 def key_without_extension(key: str) -> str:
@@ -182,7 +208,7 @@ def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, v
 
 
 def _opt_int(value: Any) -> int | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def segment_of(row: dict[str, Any]) -> Segment:
@@ -270,24 +296,26 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                 except queue.Full:
                     continue
 
-        def emit_video(row: dict[str, Any], segment: Segment) -> None:
+        def emit_video(row: dict[str, Any], segment: Segment | None = None) -> None:
             report = DecodeReport()
             source: Any = None
             try:
-                source = open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf)
+                segment = segment_of(row) if segment is None else segment
+                source = open_source(row["uri"], size=_opt_int(row["size"]) or 0, etag=row["etag"], sconf=sconf, vconf=vconf)
                 for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report):
                     put((_frame_identity(row, frame), frame.pixels, None))
             except _Stopped:
                 raise
             except Exception as exc:  # anything PyAV or the reader raises is this video's errors row
-                report.errors.append((type(exc).__name__, str(exc)))
+                report.add(type(exc).__name__, str(exc))
             err = report.error()
             if err is not None:
                 put((_identity(row), None, (_error_stage(source), err[0], err[1][:2000])))
 
         def produce() -> None:
             try:
-                with ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch") as pool:
+                pool = ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch")
+                try:
                     pending: deque[tuple[dict[str, Any], Future[Any]]] = deque()
                     lookahead = max(2 * fconf.batch_size, 2 * fconf.fetch_threads)
 
@@ -303,13 +331,15 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                     for row in work:
                         if row["kind"] == "video":
                             drain(0)  # keep output in work order
-                            emit_video(row, segment_of(row))
+                            emit_video(row)
                             continue
                         loader = _load_auto if row["kind"] == "auto" else None
                         fut = pool.submit(loader, row, fconf, sconf, vconf) if loader else pool.submit(_load_one, row["uri"], row["etag"], fconf, sconf)
                         pending.append((row, fut))
                         drain(lookahead)
                     drain(0)
+                finally:
+                    pool.shutdown(wait=not stop.is_set(), cancel_futures=True)  # the task went away: do not fetch what nobody reads
                 put(_DONE)
             except _Stopped:
                 return
@@ -325,7 +355,12 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
             batch: list[tuple[dict[str, Any], np.ndarray]] = []
             failed: list[dict[str, Any]] = []
             while True:
-                item = frames.get()
+                try:
+                    item = frames.get(timeout=1.0)
+                except queue.Empty:
+                    if not producer.is_alive():
+                        raise RuntimeError("the frame producer thread ended without finishing") from None
+                    continue
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
@@ -402,7 +437,7 @@ def errors_frame(spark: SparkSession, rows: list[dict[str, Any]], run_id: str) -
     return spark.createDataFrame(data, schema=ERRORS_SCHEMA)
 
 
-def list_inventory(input_uri: str, conf: Conf, *, s3_client: Any | None = None) -> Inventory:
+def list_inventory(input_uri: str, conf: Conf, *, s3_client: Any | None = None, selection: Selection | None = None) -> Inventory:
     """Check the input is readable, list it (the only driver-side pass) and parse keys."""
     location = parse_uri(input_uri)
     client = None
@@ -410,7 +445,7 @@ def list_inventory(input_uri: str, conf: Conf, *, s3_client: Any | None = None) 
         client = s3_client or make_s3_client(conf.storage)
     check_readable(location, client)
     layout = Layout(conf.input.layout, ts_format=conf.input.ts_format)
-    return build_inventory(list_objects(location, client), layout, gap_seconds=conf.events.gap_seconds)
+    return build_inventory(list_objects(location, client), layout, gap_seconds=conf.events.gap_seconds, selection=selection)
 
 
 def with_driver_endpoint(conf: Conf) -> Conf:
@@ -428,6 +463,19 @@ def with_driver_endpoint(conf: Conf) -> Conf:
     return conf.replace("storage", endpoint_url=endpoint, region=region)
 
 
+def existing_objects(spark: SparkSession, features: str, *, cameras: frozenset[str] | None = None) -> pd.DataFrame:
+    """``uri, etag, featurizer, camera_id, date`` of every object already in the feature store (empty if none)."""
+    cols = ["uri", "etag", "featurizer", "camera_id", "date"]
+    if not table_exists(spark, features):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    df = read_table(spark, features, FEATURES_SCHEMA)
+    if cameras is not None:
+        df = df.where(F.col("camera_id").isin(sorted(cameras)))
+    out: pd.DataFrame = df.select(*cols).distinct().toPandas()
+    out["date"] = [d.isoformat() for d in out["date"]]
+    return out
+
+
 def featurize(
     spark: SparkSession,
     *,
@@ -437,13 +485,31 @@ def featurize(
     run_id: str,
     errors_output: str | None = None,
     s3_client: Any | None = None,
+    full: bool = False,
+    prune: bool = False,
+    selection: Selection | None = None,
+    on_partitions: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> dict[str, Any]:
-    """Featurize every object under ``input_uri`` into ``output`` (features/) and errors/.
+    """Featurize the objects under ``input_uri`` into the feature store ``output`` and errors/.
+
+    Incremental: an object already in ``output`` with the same ETag and featurizer id is skipped
+    (unless ``full``); an object featurized again has its old rows replaced; with ``prune``, rows of
+    objects no longer listed (within ``selection``'s cameras) are removed. Each affected
+    ``(camera_id, date)`` partition is rewritten whole, crash-safely (staged, then swapped).
+
+    Parameters
+    ----------
+    selection
+        Only objects whose ``{ts}`` (else last-modified) and camera fall in it are considered.
+    on_partitions
+        Called with the affected partitions before the feature store changes (``run`` records them,
+        so that a run killed after the swap still recomputes their predictions).
 
     Returns
     -------
     dict
-        Summary: counts (listed, featurized, errors by stage), error fraction, paths, timings.
+        Summary: counts (listed, selected, skipped as unchanged, featurized objects and frames,
+        pruned, errors by stage), error fraction, partitions, paths, timings.
 
     Raises
     ------
@@ -453,12 +519,32 @@ def featurize(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     conf = with_driver_endpoint(conf)
-    inventory = list_inventory(input_uri, conf, s3_client=s3_client)
+    inventory = list_inventory(input_uri, conf, s3_client=s3_client, selection=selection)  # fails fast, before any Spark work
+    recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
     fid = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
     timings["list_s"] = time.perf_counter() - t0
     rows = inventory.rows
     n_videos = int((rows["kind"] == "video").sum())
-    logger.info("listed %d objects under %s (%d videos, %d do not fit the layout); featurizer %s", inventory.listed, input_uri, n_videos, len(inventory.errors), fid)
+    logger.info("listed %d objects under %s (%d selected, %d videos, %d do not fit the layout); featurizer %s", inventory.listed, input_uri, len(rows), n_videos, len(inventory.errors), fid)
+
+    # Incremental: skip what the store already has, find rows to replace or prune.
+    t_inc = time.perf_counter()
+    existing = existing_objects(spark, output, cameras=selection.cameras if selection else None)
+    skipped = 0
+    if not full and len(existing) and len(rows):
+        have = set(zip(existing.loc[existing["featurizer"] == fid, "uri"], existing.loc[existing["featurizer"] == fid, "etag"], strict=True))
+        unchanged = pd.Series([(u, e) in have for u, e in zip(rows["uri"], rows["etag"], strict=True)], index=rows.index, dtype=bool)
+        skipped = int(rows.loc[unchanged, "uri"].nunique())
+        rows = rows[~unchanged].reset_index(drop=True)
+    drop_uris = set(rows["uri"]) & set(existing["uri"])
+    pruned: set[str] = set()
+    if prune and len(existing):
+        prefix = parse_uri(input_uri).uri.rstrip("/") + "/"
+        pruned = {u for u in set(existing["uri"]) if u.startswith(prefix) and u not in inventory.listed_uris}
+        drop_uris |= pruned
+    dropped_parts = set(zip(existing.loc[existing["uri"].isin(drop_uris), "camera_id"], existing.loc[existing["uri"].isin(drop_uris), "date"], strict=True))
+    timings["incremental_s"] = time.perf_counter() - t_inc
+    logger.info("%d objects unchanged since the last run (skipped), %d to featurize, %d replaced, %d pruned", skipped, rows["uri"].nunique(), len(drop_uris - pruned), len(pruned))
 
     errors_output = errors_output or sibling(output, "errors")
     parallelism = spark.sparkContext.defaultParallelism
@@ -470,6 +556,7 @@ def featurize(
         n_big = int(big.sum())
         big_df = spark.createDataFrame(_with_nullable_ints(rows[big]), schema=WORK_SCHEMA).repartition(min(n_big, parallelism))
         planned: pd.DataFrame = with_segments(big_df, vconf=conf.video, sconf=conf.storage).toPandas()
+        planned["frame_ts"] = pd.to_datetime(planned["frame_ts"]).dt.tz_localize(spark.conf.get("spark.sql.session.timeZone") or "UTC").dt.tz_convert("UTC")
         failed = planned["stage"].notna()
         driver_errors += planned.loc[failed, ["uri", "stage", "error_type", "message"]].to_dict("records")
         segments = planned.loc[~failed, _WORK_COLUMNS]
@@ -479,28 +566,35 @@ def featurize(
 
     t1 = time.perf_counter()
     errors_df = errors_frame(spark, driver_errors, run_id)
-    featurized, partitions = 0, []
+    featurized, featurized_objects, new_parts = 0, 0, set()
+    result_df = None
     if len(work):
         work_df = spark.createDataFrame(_with_nullable_ints(work), schema=WORK_SCHEMA)
         n_still = int((work["kind"] != "video").sum())
         num_tasks = min(len(work), max(parallelism, math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
         result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=fid, num_tasks=num_tasks)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
+    try:
+        if result_df is not None:
             ok_df = result_df.where(F.col("stage").isNull())
-            partitions = sorted((r["camera_id"], r["date"].isoformat()) for r in ok_df.select("camera_id", "date").distinct().collect())
-            featurized = ok_df.count()
+            stats = ok_df.groupBy("camera_id", "date").agg(F.count("*").alias("n"), F.countDistinct("uri").alias("objects")).collect()
+            new_parts = {(r["camera_id"], r["date"].isoformat()) for r in stats}
+            featurized = sum(int(r["n"]) for r in stats)
+            featurized_objects = ok_df.select("uri").distinct().count() if stats else 0
             timings["featurize_s"] = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            write_partitioned(ok_df.select(*FEATURES_SCHEMA.fieldNames()), output)
-            exec_errors = result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id"))
-            errors_df = errors_df.unionByName(exec_errors)
-            counts = _write_errors(errors_df, errors_output)
-            timings["write_s"] = time.perf_counter() - t2
-        finally:
-            result_df.unpersist()
-    else:
+            errors_df = errors_df.unionByName(result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
+        affected = sorted(new_parts | dropped_parts)
+        t2 = time.perf_counter()
+        if affected:
+            if on_partitions is not None:
+                on_partitions(affected)
+            merged_df = _merged_features(spark, output, new_df=ok_df.select(*FEATURES_SCHEMA.fieldNames()) if result_df is not None else None, affected=affected, drop_uris=drop_uris)
+            replace_partitions(spark, merged_df, output, run_id=run_id, scope=[partition_path(c, d) for c, d in affected])
         counts = _write_errors(errors_df, errors_output)
+        timings["write_s"] = time.perf_counter() - t2
+    finally:
+        if result_df is not None:
+            result_df.unpersist()
     n_errors = sum(counts.values())
     summary = {
         "input": input_uri,
@@ -508,17 +602,37 @@ def featurize(
         "errors": errors_output,
         "featurizer": fid,
         "listed": inventory.listed,
+        "selected": inventory.listed - inventory.unselected,
+        "skipped_unchanged": skipped,
         "videos": n_videos,
         "work_units": len(work),
+        "featurized_objects": featurized_objects,
         "featurized": featurized,
+        "replaced_objects": len(drop_uris - pruned),
+        "pruned_objects": len(pruned),
         "errors_by_stage": dict(sorted(counts.items())),
         "error_count": n_errors,
         "error_fraction": (n_errors / inventory.listed) if inventory.listed else 0.0,
-        "partitions": [{"camera_id": c, "date": d} for c, d in partitions],
+        "partitions": [{"camera_id": c, "date": d} for c, d in affected],
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    logger.info("featurize done: %d frames featurized, %d objects with errors %s", featurized, n_errors, summary["errors_by_stage"])
+    logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", featurized, featurized_objects, skipped)
+    logger.info("featurize errors: %d objects %s", n_errors, summary["errors_by_stage"])
     return summary
+
+
+def _merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | None, affected: list[tuple[str, str]], drop_uris: set[str]) -> DataFrame:
+    """New rows plus the rows already in the affected partitions that stay (not replaced, not pruned)."""
+    if not table_exists(spark, output):
+        assert new_df is not None
+        return new_df
+    parts_df = spark.createDataFrame([(c, date_cls.fromisoformat(d)) for c, d in affected], schema="camera_id string, date date")
+    keep_df = read_table(spark, output, FEATURES_SCHEMA).join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
+    if drop_uris:
+        drop_df = spark.createDataFrame([(u,) for u in sorted(drop_uris)], schema="uri string")
+        keep_df = keep_df.join(F.broadcast(drop_df), "uri", "left_anti")
+    keep_df = keep_df.select(*FEATURES_SCHEMA.fieldNames())
+    return keep_df if new_df is None else new_df.unionByName(keep_df)
 
 
 def _with_nullable_ints(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -530,11 +644,17 @@ def _with_nullable_ints(pdf: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_errors(errors_df: DataFrame, path: str) -> dict[str, int]:
-    """Write one errors row per (object, stage), messages of several segments joined; returns counts by stage."""
-    agg_df = errors_df.groupBy("uri", "stage").agg(
-        F.min("error_type").alias("error_type"),
-        F.array_join(F.slice(F.array_sort(F.collect_set("message")), 1, 5), " | ").alias("message"),
-        F.min("run_id").alias("run_id"),
+    """Write one errors row per object (a video's segments joined; its earliest stage in the pipeline wins); returns counts by stage."""
+    order = F.when(F.col("stage") == "layout", 0).when(F.col("stage") == "fetch", 1).when(F.col("stage") == "decode", 2).otherwise(3)
+    agg_df = (
+        errors_df.withColumn("_order", order)
+        .groupBy("uri")
+        .agg(
+            F.min_by("stage", "_order").alias("stage"),
+            F.min("error_type").alias("error_type"),
+            F.array_join(F.slice(F.array_sort(F.collect_set("message")), 1, 5), " | ").alias("message"),
+            F.min("run_id").alias("run_id"),
+        )
     )
     write_table(agg_df.select(*ERRORS_SCHEMA.fieldNames()), path)
     return {r["stage"]: int(r["count"]) for r in agg_df.groupBy("stage").count().collect()}

@@ -83,3 +83,183 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
 
 def write_json(spark: SparkSession, path: str, record: dict[str, Any]) -> None:
     write_text(spark, path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash-safe partition replacement: stage, record, swap.
+#
+# Spark's dynamic partition overwrite deletes each target partition and renames the new one in at
+# job commit; a driver killed between the two loses that partition, and a table cannot be rewritten
+# from a DataFrame that reads it. ``replace_partitions`` instead writes the new partitions to a
+# staging folder beside the table, records them in a manifest (written atomically), and then swaps
+# each partition with two renames (old -> trash, staged -> table). A run that dies before the
+# manifest leaves only staging files (removed by the next run); one that dies after it is rolled
+# forward by the next run's ``recover_table``. Readers of the table only ever see whole partition
+# folders. Renames are atomic on local filesystems and HDFS; on object stores (s3a, gs) they are
+# copies, so there a reader can see a partition being moved (use a committer-aware table format
+# if that matters).
+# ---------------------------------------------------------------------------------------------
+
+_MANIFEST = "_MANIFEST.json"
+
+
+def _fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jvm  # type: ignore[union-attr]
+
+
+def staging_root(table: str) -> str:
+    """Where a table's staged writes and swapped-out partitions live: ``_staging/<table name>`` beside it.
+
+    Outside the table's folder, so no reader or glob over the table ever sees staged files.
+    """
+    name = posixpath.basename(table.rstrip("/")) if "://" in table else os.path.basename(os.path.abspath(table))
+    return join(sibling(table, "_staging"), name)
+
+
+def _partition_dirs(fs: Any, jvm: Any, root: str, depth: int) -> list[str]:
+    """Relative ``k=v/k2=v2`` folders ``depth`` levels below ``root``."""
+    base = jvm.org.apache.hadoop.fs.Path(root)
+    if not fs.exists(base):
+        return []
+    level = [("", base)]
+    for _ in range(depth):
+        nxt = []
+        for rel, p in level:
+            for st in fs.listStatus(p):
+                name = st.getPath().getName()
+                if st.isDirectory() and "=" in name and not name.startswith(("_", ".")):
+                    nxt.append((f"{rel}/{name}" if rel else name, st.getPath()))
+        level = nxt
+    return sorted(rel for rel, _ in level)
+
+
+def recover_table(spark: SparkSession, table: str) -> list[str]:
+    """Finish or clean up partition swaps that a killed run left behind; returns what was done."""
+    fs, jvm = _fs(spark, table)
+    P = jvm.org.apache.hadoop.fs.Path
+    root = P(staging_root(table))
+    done: list[str] = []
+    if not fs.exists(root):
+        return done
+    for st in fs.listStatus(root):
+        run_dir = st.getPath()
+        manifest = P(run_dir, _MANIFEST)
+        if fs.exists(manifest):
+            stream = fs.open(manifest)
+            try:
+                text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+            finally:
+                stream.close()
+            record = json.loads(str(text))
+            deleted = record.get("deleted", [])
+            partitions = record["partitions"] + deleted
+            _swap(fs, jvm, table, str(run_dir.toString()), partitions, deleted=frozenset(deleted))
+            done.append(f"rolled forward {len(partitions)} partition(s) of {run_dir.getName()}")
+        else:
+            done.append(f"removed unfinished staging {run_dir.getName()}")
+        fs.delete(run_dir, True)
+    if done:
+        logger.warning("recovered %s after an interrupted run: %s", table, "; ".join(done))
+    return done
+
+
+def _swap(fs: Any, jvm: Any, table: str, run_dir: str, partitions: list[str], *, deleted: frozenset[str] = frozenset(), fail_after: int | None = None) -> None:
+    """Move each staged partition into the table (old one to the run's trash first). Idempotent.
+
+    A partition with nothing staged (every row of it deleted) only goes to the trash.
+    """
+    P = jvm.org.apache.hadoop.fs.Path
+    for n, rel in enumerate(partitions):
+        if fail_after is not None and n == fail_after:
+            raise RuntimeError(f"injected failure before partition {n}")  # tests: a crash in the middle
+        staged, target, trash = P(f"{run_dir}/data/{rel}"), P(f"{table.rstrip('/')}/{rel}"), P(f"{run_dir}/trash/{rel}")
+        if not fs.exists(staged):
+            if fs.exists(target) and not fs.exists(trash) and rel in deleted:
+                fs.mkdirs(trash.getParent())
+                fs.rename(target, trash)
+            continue  # moved in by an earlier attempt, or a partition that is now empty
+        if fs.exists(target):
+            if fs.exists(trash):
+                fs.delete(target, True)  # a target half-restored by hand: the trash copy is the old one
+            else:
+                fs.mkdirs(trash.getParent())
+                if not fs.rename(target, trash):
+                    raise StorageError(f"could not move {target} aside")
+        fs.mkdirs(target.getParent())
+        if not fs.rename(staged, target):
+            raise StorageError(f"could not move {staged} into {table}")
+
+
+def replace_partitions(
+    spark: SparkSession,
+    df: DataFrame,
+    table: str,
+    *,
+    run_id: str,
+    partition_by: tuple[str, ...] = PARTITION_COLUMNS,
+    scope: list[str] | None = None,
+    _fail_after: int | None = None,
+) -> list[str]:
+    """Replace the partitions present in ``df`` in ``table``, crash-safely; partitions of ``scope`` absent from ``df`` are emptied.
+
+    ``df`` may read from ``table`` itself (a merge of old and new rows): it is written to staging
+    first. ``scope`` lists partitions (``partition_path`` form) this write is responsible for.
+    Returns the partitions written, as ``camera_id=.../date=...`` paths.
+    """
+    recover_table(spark, table)
+    fs, jvm = _fs(spark, table)
+    P = jvm.org.apache.hadoop.fs.Path
+    run_dir = join(staging_root(table), run_id)
+    if fs.exists(P(run_dir)):
+        fs.delete(P(run_dir), True)
+    df.write.mode("overwrite").option("compression", "snappy").partitionBy(*partition_by).parquet(join(run_dir, "data"))
+    partitions = _partition_dirs(fs, jvm, join(run_dir, "data"), len(partition_by))
+    deleted = sorted(set(scope or ()) - set(partitions))
+    write_text(spark, join(run_dir, _MANIFEST), json.dumps({"table": table, "run_id": run_id, "partitions": partitions, "deleted": deleted}))
+    _swap(fs, jvm, table, run_dir, partitions + deleted, deleted=frozenset(deleted), fail_after=_fail_after)
+    fs.delete(P(run_dir), True)
+    root = P(staging_root(table))
+    if fs.exists(root) and len(fs.listStatus(root)) == 0:
+        fs.delete(root, True)
+        parent = root.getParent()
+        if fs.exists(parent) and len(fs.listStatus(parent)) == 0:
+            fs.delete(parent, True)
+    return partitions
+
+
+_UNSAFE = set("\"#%'*/:=?\\\x7f{[]^")
+
+
+def _escape_path_name(text: str) -> str:
+    """Spark's escaping of partition values in folder names (``ExternalCatalogUtils.escapePathName``)."""
+    return "".join(f"%{ord(ch):02X}" if ch in _UNSAFE or ord(ch) < 0x20 else ch for ch in text)
+
+
+def partition_path(camera_id: str, date: str) -> str:
+    """``camera_id=cam1/date=2026-11-20``: a partition folder as Spark names it."""
+    return f"camera_id={_escape_path_name(camera_id)}/date={date}"
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    """A small text file through Hadoop's FileSystem."""
+    fs, jvm = _fs(spark, path)
+    stream = fs.open(jvm.org.apache.hadoop.fs.Path(path))
+    try:
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def list_names(spark: SparkSession, folder: str) -> list[str]:
+    """Names of the entries of a folder (empty when it does not exist)."""
+    fs, jvm = _fs(spark, folder)
+    p = jvm.org.apache.hadoop.fs.Path(folder)
+    return sorted(str(st.getPath().getName()) for st in fs.listStatus(p)) if fs.exists(p) else []
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    fs, jvm = _fs(spark, path)
+    fs.delete(jvm.org.apache.hadoop.fs.Path(path), True)

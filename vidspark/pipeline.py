@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from vidspark.config import Conf, VideoConf
 from vidspark.errors import ErrorFractionExceeded
-from vidspark.featurize import featurize
-from vidspark.outputs import join, read_table
+from vidspark.featurize import Selection, featurize
+from vidspark.outputs import delete_path, join, list_names, read_text, write_json
 from vidspark.predict import predict
-from vidspark.schemas import FEATURES_SCHEMA
 from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera
 from vidspark.train import train
 
@@ -41,22 +39,60 @@ def check_error_fraction(summary: dict[str, Any], conf: Conf) -> None:
         )
 
 
-def run(spark: SparkSession, *, input_uri: str, model_dir: str, output: str, conf: Conf, run_id: str, window: int | None = None) -> dict[str, Any]:
-    """Featurize ``input_uri`` into ``output/features``, then predict the camera/day partitions it touched.
+def run(
+    spark: SparkSession,
+    *,
+    input_uri: str,
+    model_dir: str,
+    output: str,
+    conf: Conf,
+    run_id: str,
+    window: int | None = None,
+    full: bool = False,
+    prune: bool = False,
+    selection: Selection | None = None,
+) -> dict[str, Any]:
+    """The nightly job: featurize what is new or changed under ``input_uri``, then re-predict the partitions it touched.
 
-    Predictions read the whole touched partitions of the feature store, so frames featurized by an
-    earlier run of the same camera and day take part in the rolling average.
+    The feature store ``output/features`` is incremental (see :func:`vidspark.featurize.featurize`).
+    Before the feature store changes, the affected partitions are recorded in ``output/_state``;
+    they are predicted and then cleared, so a run killed in between has them predicted by the next
+    run even though it finds nothing new to featurize.
     """
     features_out = join(output, "features")
-    fsum = featurize(spark, input_uri=input_uri, output=features_out, conf=conf, run_id=run_id, errors_output=join(output, "errors"))
+    state = join(output, "_state")
+    pending: set[tuple[str, str]] = set()
+    pending_files = [n for n in list_names(spark, state) if n.startswith("pending-") and n.endswith(".json")]
+    for name in pending_files:
+        pending |= {(c, d) for c, d in json.loads(read_text(spark, join(state, name)))["partitions"]}
+    if pending:
+        logger.warning("%d partition(s) left unpredicted by an interrupted run will be predicted now", len(pending))
+
+    def record_pending(parts: list[tuple[str, str]]) -> None:
+        write_json(spark, join(state, f"pending-{run_id}.json"), {"run_id": run_id, "partitions": [list(p) for p in parts]})
+
+    fsum = featurize(
+        spark,
+        input_uri=input_uri,
+        output=features_out,
+        conf=conf,
+        run_id=run_id,
+        errors_output=join(output, "errors"),
+        full=full,
+        prune=prune,
+        selection=selection,
+        on_partitions=record_pending,
+    )
+    parts = sorted(pending | {(p["camera_id"], p["date"]) for p in fsum["partitions"]})
     psum: dict[str, Any] = {}
-    if fsum["featurized"]:
-        touched = spark.createDataFrame([(p["camera_id"], date.fromisoformat(p["date"])) for p in fsum["partitions"]], schema="camera_id string, date date")
-        features_df = read_table(spark, features_out, FEATURES_SCHEMA).join(F.broadcast(touched), ["camera_id", "date"], "left_semi")
-        psum = predict(spark, features=features_out, model_dir=model_dir, output=join(output, "predictions"), conf=conf, window=window, features_df=features_df)
+    if parts:
+        psum = predict(spark, features=features_out, model_dir=model_dir, output=join(output, "predictions"), conf=conf, window=window, partitions=parts, run_id=run_id)
+    for name in {*pending_files, f"pending-{run_id}.json"}:
+        delete_path(spark, join(state, name))
     return {
         "featurize": fsum,
         "predict": psum,
+        "recovered_partitions": [{"camera_id": c, "date": d} for c, d in sorted(pending)],
         "error_fraction": fsum["error_fraction"],
         "error_count": fsum["error_count"],
         "listed": fsum["listed"],

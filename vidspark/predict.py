@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 import time
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from pyspark.sql import types as T
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
-from vidspark.outputs import join, read_table, write_json, write_partitioned
+from vidspark.outputs import join, partition_path, read_table, replace_partitions, table_exists, write_json
 from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -169,8 +170,40 @@ def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedMo
     return with_smoothing(with_proba.drop("features"), classes=model.classes, window=window)
 
 
-def predict(spark: SparkSession, *, features: str, model_dir: str, output: str, conf: Conf, window: int | None = None, features_df: DataFrame | None = None) -> dict[str, Any]:
-    """Predict every frame in ``features`` and write ``output/frames`` and ``output/videos``.
+def _parts_df(spark: SparkSession, partitions: list[tuple[str, str]]) -> DataFrame:
+    return spark.createDataFrame([(c, date.fromisoformat(d)) for c, d in partitions], schema="camera_id string, date date")
+
+
+def frames_with_context(features_df: DataFrame, parts_df: DataFrame) -> DataFrame:
+    """Rows of the given partitions plus every other frame of the videos they touch (any date).
+
+    The rolling average of a frame uses the frames before it in its video, which may lie in an
+    earlier day's partition featurized on an earlier night.
+    """
+    in_parts = features_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
+    touched = in_parts.where(F.col("video_id").isNotNull()).select("camera_id", "video_id").distinct()
+    videos = features_df.where(F.col("video_id").isNotNull()).join(F.broadcast(touched), ["camera_id", "video_id"], "left_semi")
+    return videos.unionByName(in_parts.where(F.col("video_id").isNull()))
+
+
+def predict(
+    spark: SparkSession,
+    *,
+    features: str,
+    model_dir: str,
+    output: str,
+    conf: Conf,
+    window: int | None = None,
+    features_df: DataFrame | None = None,
+    partitions: list[tuple[str, str]] | None = None,
+    run_id: str = "predict",
+) -> dict[str, Any]:
+    """Predict frames of ``features`` and write ``output/frames`` and ``output/videos``.
+
+    With ``partitions`` (``(camera_id, date)`` pairs), only those partitions of ``frames/`` are
+    rewritten, from their frames and the earlier frames of the same videos; the ``videos/`` rows of
+    every video with a frame there are recomputed from all its frames and merged into the table.
+    Without, every frame of ``features`` is predicted. Writes are crash-safe partition swaps.
 
     Raises
     ------
@@ -184,15 +217,32 @@ def predict(spark: SparkSession, *, features: str, model_dir: str, output: str, 
     model = load_model_dir(model_dir)
     if features_df is None:
         features_df = read_table(spark, features, FEATURES_SCHEMA)
-    frames_df = predict_frames(spark, features_df, model, window=window).persist(StorageLevel.MEMORY_AND_DISK)
+    frames_out, videos_out = join(output, "frames"), join(output, "videos")
+    parts_df = _parts_df(spark, partitions) if partitions is not None else None
+    input_df = frames_with_context(features_df, parts_df) if parts_df is not None else features_df
+    frames_df = predict_frames(spark, input_df, model, window=window).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        frames_out, videos_out = join(output, "frames"), join(output, "videos")
-        write_partitioned(frames_df, frames_out)
+        frames_write = frames_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if parts_df is not None else frames_df
+        scope = [partition_path(c, d) for c, d in partitions] if partitions is not None else None
+        replace_partitions(spark, frames_write.select(*FRAME_PREDICTIONS_SCHEMA.fieldNames()), frames_out, run_id=run_id, scope=scope)
         videos_df = video_summaries(frames_df, classes=model.classes).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            write_partitioned(videos_df, videos_out)
+            videos_write, video_scope = videos_df, None
+            if parts_df is not None:
+                starts = [(r["camera_id"], r["date"].isoformat()) for r in videos_df.select("camera_id", "date").distinct().collect()]
+                q = sorted(set(partitions or []) | set(starts))
+                video_scope = [partition_path(c, d) for c, d in q]
+                if table_exists(spark, videos_out):
+                    keep = (
+                        read_table(spark, videos_out, VIDEO_PREDICTIONS_SCHEMA)
+                        .join(F.broadcast(_parts_df(spark, q)), ["camera_id", "date"], "left_semi")
+                        .join(F.broadcast(parts_df), ["camera_id", "date"], "left_anti")
+                        .join(videos_df.select("camera_id", "video_id"), ["camera_id", "video_id"], "left_anti")
+                    )
+                    videos_write = videos_df.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()))
+            replace_partitions(spark, videos_write.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()), videos_out, run_id=run_id, scope=video_scope)
             stats = videos_df.agg(F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")).first()
-            n_frames = frames_df.count()
+            n_frames = frames_write.count()
         finally:
             videos_df.unpersist()
     finally:
@@ -201,12 +251,14 @@ def predict(spark: SparkSession, *, features: str, model_dir: str, output: str, 
     summary = {
         "features": features,
         "model": model_dir,
+        "model_sha256": model.meta.get("model_txt_sha256"),
         "classes": model.classes,
         "window": window,
         "frames": n_frames,
         "videos": int(stats["videos"] or 0) if stats else 0,
         "raw_label_switches": int(stats["raw"] or 0) if stats else 0,
         "smoothed_label_switches": int(stats["smoothed"] or 0) if stats else 0,
+        "partitions": [{"camera_id": c, "date": d} for c, d in partitions] if partitions is not None else "all",
         "frames_output": frames_out,
         "videos_output": videos_out,
         "timings": {"predict_s": round(time.perf_counter() - t0, 3)},

@@ -17,10 +17,11 @@ Nothing here touches Spark; :mod:`vidspark.featurize` calls these functions on e
 
 from __future__ import annotations
 
+import heapq
 import io
 import logging
 import math
-from bisect import bisect_left
+from array import array
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -194,14 +195,21 @@ class DecodeReport:
     decoded: int = 0
     kept: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    more: int = 0  # problems beyond the first few, counted only
+
+    def add(self, error_type: str, message: str) -> None:
+        if len(self.errors) < 5:
+            self.errors.append((error_type, message))
+        else:
+            self.more += 1
 
     def error(self) -> tuple[str, str] | None:
         """One (error_type, message) summing up every problem of this decode, or None."""
         if not self.errors:
             return None
         etype, message = self.errors[0]
-        if len(self.errors) > 1:
-            message += f" (and {len(self.errors) - 1} more decode problem(s))"
+        if len(self.errors) + self.more > 1:
+            message += f" (and {len(self.errors) + self.more - 1} more decode problem(s))"
         return etype, message
 
 
@@ -228,6 +236,7 @@ def _stream_clock(stream: Any) -> tuple[int, Fraction, Fraction]:
 def _open(av: Any, source: Any, vconf: VideoConf) -> Any:
     if isinstance(source, RangeReader):
         source.seek(0)
+        source.error = None
         return av.open(source, mode="r", buffer_size=min(vconf.read_block_bytes, 1 << 20))
     return av.open(source, mode="r")
 
@@ -244,7 +253,7 @@ def _where(reader: Any, packet: Any, tb: Fraction, start: int, idx: int) -> str:
     return ", ".join(parts)
 
 
-def _is_storage_error(source: Any, exc: BaseException) -> bool:
+def _is_storage_error(source: Any) -> bool:
     return isinstance(source, RangeReader) and source.error is not None
 
 
@@ -260,16 +269,17 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
     try:
         container = _open(av, source, vconf)
     except Exception as exc:  # FFmpeg and storage errors alike become the object's errors row
-        report.errors.append((type(exc).__name__, f"cannot open video: {exc}"))
+        report.add(type(exc).__name__, f"cannot open video: {exc}")
         return [], report
+    pts_list = array("q")  # 8 bytes a frame: a day of 30 fps video is 20 MB
+    keyframes = array("q")
     try:
-        if not container.streams.video:
-            report.errors.append(("NoVideoStream", "the container has no video stream"))
+        problem = _stream_problem(container, vconf)
+        if problem:
+            report.add(*problem)
             return [], report
         stream = container.streams.video[0]
         start, tb, _ = _stream_clock(stream)
-        pts_list: list[int] = []
-        keyframes: list[int] = []
         packet = None
         try:
             for packet in container.demux(stream):
@@ -281,27 +291,27 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
                 if packet.is_keyframe:
                     keyframes.append(int(packet.pts))
         except Exception as exc:  # a read error mid-file: segments cover what was readable
-            report.errors.append((type(exc).__name__, f"demuxing stopped at {_where(source, packet, tb, start, len(pts_list))}: {exc}"))
+            report.add(type(exc).__name__, f"demuxing stopped at {_where(source, packet, tb, start, len(pts_list))}: {exc}")
         if not report.errors and pts_list:
-            problem = _check_complete(container, stream, source, len(pts_list), (max(pts_list) - start) * tb, _stream_clock(stream)[2])
-            if problem:
-                report.errors.append(("TruncatedVideo", problem))
+            problem_text = _check_complete(container, stream, source, len(pts_list), (max(pts_list) - start) * tb, _stream_clock(stream)[2])
+            if problem_text:
+                report.add("TruncatedVideo", problem_text)
     finally:
         container.close()
     if not pts_list:
         if not report.errors:
-            report.errors.append(("EmptyVideo", "the video stream has no frames"))
+            report.add("EmptyVideo", "the video stream has no frames")
         return [], report
-    pts_sorted = sorted(pts_list)
+    pts_sorted = np.sort(np.frombuffer(pts_list, dtype=np.int64))
     seg_ticks = Fraction(str(vconf.segment_seconds)) / tb
-    bounds = [pts_sorted[0]]
-    for k in sorted(set(keyframes)):
+    bounds = [int(pts_sorted[0])]
+    for k in np.unique(np.frombuffer(keyframes, dtype=np.int64)).tolist():
         if k - bounds[-1] >= seg_ticks:
-            bounds.append(k)
+            bounds.append(int(k))
     last_idx = None
     if vconf.max_frames:
         sampler, kept, prev = Sampler(vconf), 0, None
-        for i, p in enumerate(pts_sorted):
+        for i, p in enumerate(pts_sorted.tolist()):
             t = (p - start) * tb
             if sampler.keep(i, t, prev):
                 kept += 1
@@ -311,7 +321,7 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
             prev = t
     segments = []
     for n, b in enumerate(bounds):
-        first = bisect_left(pts_sorted, b)
+        first = int(np.searchsorted(pts_sorted, b, side="left"))
         if last_idx is not None and first > last_idx:
             break
         segments.append(
@@ -319,7 +329,7 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
                 start_pts=None if n == 0 else b,
                 end_pts=bounds[n + 1] if n + 1 < len(bounds) else None,
                 first_idx=first,
-                prev_pts=pts_sorted[first - 1] if first else None,
+                prev_pts=int(pts_sorted[first - 1]) if first else None,
                 last_idx=last_idx,
                 seg_no=n,
             )
@@ -349,14 +359,21 @@ def decode_frames(source: Any, vconf: VideoConf, *, size: int, segment: Segment 
 
 
 def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segment: Segment, seek_back: float | None, report: DecodeReport, last_try: bool) -> Generator[VideoFrame, None, str]:
+    errors_before = len(report.errors)
+
+    def missed() -> str:
+        del report.errors[errors_before:]  # problems met before the segment start belong to the previous segment
+        return "missed"
+
     try:
         container = _open(av, source, vconf)
     except Exception as exc:  # FFmpeg and storage errors alike become the object's errors row
-        report.errors.append((type(exc).__name__, f"cannot open video: {exc}"))
+        report.add(type(exc).__name__, f"cannot open video: {exc}")
         return "failed"
     try:
-        if not container.streams.video:
-            report.errors.append(("NoVideoStream", "the container has no video stream"))
+        problem = _stream_problem(container, vconf)
+        if problem:
+            report.add(*problem)
             return "failed"
         stream = container.streams.video[0]
         stream.codec_context.thread_count = vconf.decode_threads
@@ -366,11 +383,21 @@ def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segmen
         whole = from_start and segment.end_pts is None
         if segment.start_pts is not None and seek_back is not None:
             target = max(start, segment.start_pts - int(Fraction(str(seek_back)) / tb))
-            container.seek(target, stream=stream, backward=True, any_frame=False)
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            except Exception as exc:  # a failed seek: a storage error ends here, an FFmpeg one tries further back
+                if _is_storage_error(source) or last_try:
+                    report.add(type(exc).__name__, f"seeking to t={float((target - start) * tb):.3f} s failed: {exc}")
+                    return "failed"
+                return missed()
         sampler = Sampler(vconf)
         idx = segment.first_idx
         prev_t = (segment.prev_pts - start) * tb if segment.prev_pts is not None else None
         seen_start = from_start
+        # Every packet's pts, until its frame comes out: a packet whose frame never does (a decode error,
+        # or data the decoder dropped silently) still takes its index, as in the probe's count.
+        pending: list[int] = []
+        lost, first_lost = 0, None
         packet = None
         demux = container.demux(stream)
         while True:
@@ -379,14 +406,19 @@ def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segmen
             except StopIteration:
                 break
             except Exception as exc:  # truncated or unreadable container: keep what decoded so far
-                stage_note = "reading" if _is_storage_error(source, exc) else "demuxing"
-                report.errors.append((type(exc).__name__, f"{stage_note} stopped at {_where(source, packet, tb, start, idx)}: {exc}"))
+                if not seen_start and not last_try and not _is_storage_error(source):
+                    return missed()
+                stage_note = "reading" if _is_storage_error(source) else "demuxing"
+                report.add(type(exc).__name__, f"{stage_note} stopped at {_where(source, packet, tb, start, idx)}: {exc}")
                 packet = None
                 break
+            if packet.size and packet.pts is not None and (from_start or packet.pts >= segment.start_pts):
+                heapq.heappush(pending, int(packet.pts))
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:  # a corrupt packet: the decoder resumes at the next keyframe
-                report.errors.append((type(exc).__name__, f"decoding failed at {_where(source, packet, tb, start, idx)}: {exc}"))
+                if seen_start:
+                    report.add(type(exc).__name__, f"decoding failed at {_where(source, packet, tb, start, idx)}: {exc}")
                 continue
             for frame in frames:
                 report.decoded += 1
@@ -396,44 +428,85 @@ def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segmen
                         continue
                     if not seen_start:
                         if pts != segment.start_pts and not last_try:
-                            return "missed"
+                            return missed()
                         seen_start = True
                 if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
                     return "done"
+                while pending and pts is not None and pending[0] < pts:
+                    lost_pts = heapq.heappop(pending)
+                    first_lost = lost_pts if first_lost is None else first_lost
+                    lost += 1
+                    idx += 1
+                if pending and pts is not None and pending[0] == pts:
+                    heapq.heappop(pending)
                 t = (pts - start) * tb if pts is not None else Fraction(idx) / rate
                 if segment.last_idx is not None and idx > segment.last_idx:
                     return "done"
                 if sampler.keep(idx, t, prev_t):
-                    report.kept += 1
-                    yield VideoFrame(idx, float(t), frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR"))
-                    if from_start and segment.last_idx is None and vconf.max_frames and report.kept >= vconf.max_frames:
-                        return "done"
+                    try:
+                        pixels = frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+                    except Exception as exc:  # a frame that cannot be converted is skipped and reported
+                        report.add(type(exc).__name__, f"converting frame {idx} (t={float(t):.3f} s) failed: {exc}")
+                    else:
+                        report.kept += 1
+                        yield VideoFrame(idx, float(t), pixels)
+                        if from_start and segment.last_idx is None and vconf.max_frames and report.kept >= vconf.max_frames:
+                            return "done"
                 prev_t = t
                 idx += 1
         if not seen_start and not last_try:
-            return "missed"
-        if whole and not report.errors:
-            problem = _check_complete(container, stream, source, idx, prev_t, rate)
-            if problem:
-                report.errors.append(("TruncatedVideo", problem))
+            return missed()
+        if whole:  # frames of the last packets that never came out
+            lost += len(pending)
+            first_lost = first_lost if first_lost is not None or not pending else min(pending)
+        if lost and len(report.errors) == errors_before:
+            where = f", the first at t={float((first_lost - start) * tb):.3f} s" if first_lost is not None else ""
+            report.add("LostFrames", f"{lost} frame(s) did not decode{where} (corrupt data?)")
+        if whole and len(report.errors) == errors_before:
+            problem_text = _check_complete(container, stream, source, idx, prev_t, rate)
+            if problem_text:
+                report.add("TruncatedVideo", problem_text)
+        elif segment.end_pts is not None and len(report.errors) == errors_before:
+            report.add("TruncatedVideo", f"the stream ends at frame {idx} (t={float(prev_t or 0):.3f} s), before this segment's end at t={float((segment.end_pts - start) * tb):.3f} s")
         return "done"
     finally:
         container.close()
 
 
+def _stream_problem(container: Any, vconf: VideoConf) -> tuple[str, str] | None:
+    """Why a container cannot be decoded at all (no video stream, frames over the pixel limit), or None."""
+    if not container.streams.video:
+        return "NoVideoStream", "the container has no video stream"
+    cc = container.streams.video[0].codec_context
+    pixels = int(cc.width or 0) * int(cc.height or 0)
+    if pixels > vconf.max_frame_pixels:
+        return "FrameTooLarge", f"frames of {cc.width}x{cc.height} exceed video.max_frame_pixels ({vconf.max_frame_pixels})"
+    return None
+
+
 def _check_complete(container: Any, stream: Any, source: Any, n_frames: int, last_t: Fraction | None, rate: Fraction) -> str | None:
-    """Why a whole-file decode looks cut short (fewer frames or seconds than the header declares), or None."""
+    """Why a whole-file decode looks cut short (fewer frames or seconds than the header declares), or None.
+
+    Tolerant where containers legitimately differ from their headers: AVI counts dropped-frame
+    entries (one in a hundred allowed), durations are the video stream's own (audio may run longer),
+    and MPEG-TS packets may be 188, 192 (M2TS) or 204 bytes.
+    """
     declared = int(stream.frames or 0)
-    if declared > n_frames:
+    if declared - n_frames > max(1, declared // 100) or (declared > n_frames and n_frames < 2):
         return f"the stream stops at frame {n_frames} of {declared} declared (t={float(last_t or 0):.3f} s): file truncated?"
-    if container.format.name != "mpegts" and container.duration and last_t is not None:
-        declared_s = container.duration / 1_000_000
-        if declared_s - float(last_t) > max(3 / float(rate), 0.5):
-            return f"the stream stops at t={float(last_t):.3f} s of {declared_s:.3f} s declared (frame {n_frames}): file truncated?"
     if container.format.name == "mpegts":
         size = source.size if isinstance(source, RangeReader) else _file_size(source)
-        if size % 188:
-            return f"MPEG-TS file of {size} bytes ends inside a 188-byte packet (frame {n_frames}, t={float(last_t or 0):.3f} s): file truncated?"
+        if all(size % p for p in (188, 192, 204)):
+            return f"MPEG-TS file of {size} bytes ends inside a transport packet (frame {n_frames}, t={float(last_t or 0):.3f} s): file truncated?"
+        return None
+    if stream.duration and stream.time_base and last_t is not None:
+        declared_s = float(stream.duration * Fraction(stream.time_base))
+    elif container.duration and len(container.streams) == 1 and last_t is not None:
+        declared_s = container.duration / 1_000_000
+    else:
+        return None
+    if last_t is not None and declared_s - float(last_t) > max(3 / float(rate), 0.5):
+        return f"the stream stops at t={float(last_t):.3f} s of {declared_s:.3f} s declared (frame {n_frames}): file truncated?"
     return None
 
 
