@@ -14,9 +14,8 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date as date_cls
 from datetime import datetime
@@ -187,7 +186,7 @@ def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageC
     """Fetch and decode one image; a failure is returned as (stage, error_type, message)."""
     try:
         client = cached_s3_client(sconf) if uri.startswith("s3://") else None
-        data = read_object(uri, client=client, etag=etag)
+        data = read_object(uri, client=client, etag=etag, attempts=sconf.max_attempts)
     except Exception as exc:  # any storage failure is a per-object errors row, never a task failure
         return None, ("fetch", type(exc).__name__, str(exc)[:2000])
     try:
@@ -316,26 +315,31 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
             try:
                 pool = ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch")
                 try:
-                    pending: deque[tuple[dict[str, Any], Future[Any]]] = deque()
+                    pending: dict[Future[Any], dict[str, Any]] = {}
                     lookahead = max(2 * fconf.batch_size, 2 * fconf.fetch_threads)
 
+                    def emit(row: dict[str, Any], result: Any) -> None:
+                        if result == "video":
+                            emit_video({**row, "video_id": row["video_id"] or key_without_extension(row["key"])}, WHOLE)
+                        else:
+                            put((_identity(row), result[0], result[1]))
+
                     def drain(keep: int) -> None:
+                        # Completion order, not submission order: an object stuck in retries holds one
+                        # fetch thread, not the whole task.
                         while len(pending) > keep:
-                            row, fut = pending.popleft()
-                            result = fut.result()
-                            if result == "video":
-                                emit_video({**row, "video_id": row["video_id"] or key_without_extension(row["key"])}, WHOLE)
-                            else:
-                                put((_identity(row), result[0], result[1]))
+                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                emit(pending.pop(fut), fut.result())
 
                     for row in work:
                         if row["kind"] == "video":
-                            drain(0)  # keep output in work order
+                            drain(0)
                             emit_video(row)
                             continue
                         loader = _load_auto if row["kind"] == "auto" else None
                         fut = pool.submit(loader, row, fconf, sconf, vconf) if loader else pool.submit(_load_one, row["uri"], row["etag"], fconf, sconf)
-                        pending.append((row, fut))
+                        pending[fut] = row
                         drain(lookahead)
                     drain(0)
                 finally:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -190,7 +192,43 @@ def list_objects(location: Location, client: Any = None) -> Iterator[ObjectInfo]
             )
 
 
-def read_object(uri: str, *, client: Any = None, etag: str | None = None) -> bytes:
+def get_object_bytes(client: Any, *, bucket: str, key: str, etag: str | None = None, byte_range: str | None = None, attempts: int = 5) -> bytes:
+    """GET one object (or a ``bytes=a-b`` range) and read its body, retrying a body cut off mid-way.
+
+    botocore retries errors it sees in the response (500, 503, SlowDown, throttling) with the
+    conf's retry mode; a connection that drops while the body streams fails only at ``read()``,
+    after botocore has returned, so that is retried here (same attempt count, jittered backoff).
+    ``IfMatch`` (412) and other client errors are not retried.
+    """
+    from botocore.exceptions import BotoCoreError
+
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if etag:
+        kwargs["IfMatch"] = f'"{etag}"'
+    if byte_range:
+        kwargs["Range"] = byte_range
+    for attempt in range(1, attempts + 1):
+        try:
+            response = client.get_object(**kwargs)
+            body = response["Body"]
+            try:
+                data = bytes(body.read())
+            finally:
+                body.close()
+            expected = response.get("ContentLength")
+            if expected is not None and len(data) != int(expected):
+                raise StorageError(f"s3://{bucket}/{key}: got {len(data)} of {expected} bytes")
+            return data
+        except (BotoCoreError, OSError, StorageError) as exc:  # a body cut off mid-stream, a reset connection
+            if attempt == attempts:
+                raise
+            delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            logger.info("reading s3://%s/%s failed (%s: %s); attempt %d of %d in %.2f s", bucket, key, type(exc).__name__, exc, attempt + 1, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_object(uri: str, *, client: Any = None, etag: str | None = None, attempts: int = 5) -> bytes:
     """Read one object's bytes on an executor.
 
     With ``etag`` for S3 the read is conditional (``IfMatch``), so an object replaced since the
@@ -198,13 +236,6 @@ def read_object(uri: str, *, client: Any = None, etag: str | None = None) -> byt
     """
     if uri.startswith("s3://"):
         bucket, _, key = uri[5:].partition("/")
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if etag:
-            kwargs["IfMatch"] = f'"{etag}"'
-        body = client.get_object(**kwargs)["Body"]
-        try:
-            return bytes(body.read())
-        finally:
-            body.close()
+        return get_object_bytes(client, bucket=bucket, key=key, etag=etag, attempts=attempts)
     with open(uri, "rb") as fh:
         return fh.read()

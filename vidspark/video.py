@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vidspark.config import StorageConf, VideoConf
+from vidspark.storage import get_object_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,11 @@ class RangeReader(io.RawIOBase):
     kept in :attr:`error` (PyAV reports a read failure as an I/O error of its own).
     """
 
-    def __init__(self, client: Any, uri: str, *, size: int, etag: str | None, block_size: int, max_blocks: int = 2) -> None:
+    def __init__(self, client: Any, uri: str, *, size: int, etag: str | None, block_size: int, max_blocks: int = 2, attempts: int = 5) -> None:
         super().__init__()
         bucket, _, key = uri[5:].partition("/")
         self.client, self.bucket, self.key, self.size, self.etag = client, bucket, key, int(size), etag
-        self.block_size, self.max_blocks = int(block_size), max_blocks
+        self.block_size, self.max_blocks, self.attempts = int(block_size), max_blocks, attempts
         self.pos = 0
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
         self.requests = 0
@@ -108,15 +109,8 @@ class RangeReader(io.RawIOBase):
             return data
         start = n * self.block_size
         end = min(self.size, start + self.block_size) - 1
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "Range": f"bytes={start}-{end}"}
-        if self.etag:
-            kwargs["IfMatch"] = f'"{self.etag}"'
         try:
-            body = self.client.get_object(**kwargs)["Body"]
-            try:
-                data = bytes(body.read())
-            finally:
-                body.close()
+            data = get_object_bytes(self.client, bucket=self.bucket, key=self.key, etag=self.etag, byte_range=f"bytes={start}-{end}", attempts=self.attempts)
         except Exception as exc:
             self.error = exc
             raise
@@ -145,7 +139,7 @@ def open_source(uri: str, *, size: int, etag: str | None, sconf: StorageConf, vc
     if uri.startswith("s3://"):
         from vidspark.storage import cached_s3_client
 
-        return RangeReader(cached_s3_client(sconf), uri, size=size, etag=etag, block_size=vconf.read_block_bytes)
+        return RangeReader(cached_s3_client(sconf), uri, size=size, etag=etag, block_size=vconf.read_block_bytes, attempts=sconf.max_attempts)
     return uri
 
 
