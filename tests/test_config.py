@@ -36,6 +36,8 @@ def test_overrides_are_typed():
         ("job.max_error_fraction=1.5", "job.max_error_fraction"),
         ("storage.retry_mode=sometimes", "allowed: standard, adaptive, legacy"),
         ("input.layout={colour}/**", "unknown field"),
+        ("input.layout={label/**", "unbalanced brace"),
+        ("input.layout=a/**/b**", "must be a whole component"),
         ("predict.window=true", "expected int"),
     ],
 )

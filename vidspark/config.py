@@ -59,6 +59,7 @@ class FeaturizerConf:
     threads: int = 0
     fetch_threads: int = 4
     max_image_pixels: int = 89_478_485
+    decode_timeout_s: float = 120.0
     cache_dir: str | None = None
 
 
@@ -154,6 +155,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "featurizer.threads": (0, 1024),
     "featurizer.fetch_threads": (1, 256),
     "featurizer.max_image_pixels": (1, None),
+    "featurizer.decode_timeout_s": (0.01, None),
     "featurizer.seed": (0, 2**31 - 1),
     "video.every_n_frames": (1, 1_000_000),
     "video.fps": (0.001, 1000.0),

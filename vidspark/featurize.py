@@ -206,6 +206,12 @@ def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, v
     return _load_one(row["uri"], row["etag"], fconf, sconf)
 
 
+def _timed_load(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf, started: dict[int, float], token: int) -> Loaded | str:
+    """Load one image (or sniff an extension-less object), noting when a fetch thread started on it."""
+    started[token] = time.monotonic()
+    return _load_auto(row, fconf, sconf, vconf) if row["kind"] == "auto" else _load_one(row["uri"], row["etag"], fconf, sconf)
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
@@ -301,7 +307,7 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
             try:
                 segment = segment_of(row) if segment is None else segment
                 source = open_source(row["uri"], size=_opt_int(row["size"]) or 0, etag=row["etag"], sconf=sconf, vconf=vconf)
-                for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report):
+                for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report, stall_timeout_s=fconf.decode_timeout_s):
                     put((_frame_identity(row, frame), frame.pixels, None))
             except _Stopped:
                 raise
@@ -315,7 +321,9 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
             try:
                 pool = ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch")
                 try:
-                    pending: dict[Future[Any], dict[str, Any]] = {}
+                    pending: dict[Future[Any], tuple[dict[str, Any], int]] = {}
+                    started: dict[int, float] = {}  # token -> when a fetch thread began the object
+                    abandoned: list[Future[Any]] = []
                     lookahead = max(2 * fconf.batch_size, 2 * fconf.fetch_threads)
 
                     def emit(row: dict[str, Any], result: Any) -> None:
@@ -326,24 +334,32 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
 
                     def drain(keep: int) -> None:
                         # Completion order, not submission order: an object stuck in retries holds one
-                        # fetch thread, not the whole task.
+                        # fetch thread, not the whole task. One that runs past decode_timeout_s becomes
+                        # an errors row; its thread is abandoned (Python cannot stop it) and the task goes on.
                         while len(pending) > keep:
-                            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                             for fut in done:
-                                emit(pending.pop(fut), fut.result())
+                                row, token = pending.pop(fut)
+                                started.pop(token, None)
+                                emit(row, fut.result())
+                            now = time.monotonic()
+                            for fut, (row, token) in list(pending.items()):
+                                if now - started.get(token, now) > fconf.decode_timeout_s:
+                                    del pending[fut]
+                                    abandoned.append(fut)
+                                    put((_identity(row), None, ("decode", "DecodeTimeout", f"fetch and decode took over featurizer.decode_timeout_s ({fconf.decode_timeout_s:g} s)")))
 
                     for row in work:
                         if row["kind"] == "video":
                             drain(0)
                             emit_video(row)
                             continue
-                        loader = _load_auto if row["kind"] == "auto" else None
-                        fut = pool.submit(loader, row, fconf, sconf, vconf) if loader else pool.submit(_load_one, row["uri"], row["etag"], fconf, sconf)
-                        pending[fut] = row
+                        token = id(row)  # rows live as long as the task
+                        pending[pool.submit(_timed_load, row, fconf, sconf, vconf, started, token)] = (row, token)
                         drain(lookahead)
                     drain(0)
                 finally:
-                    pool.shutdown(wait=not stop.is_set(), cancel_futures=True)  # the task went away: do not fetch what nobody reads
+                    pool.shutdown(wait=not stop.is_set() and not abandoned, cancel_futures=True)  # the task went away: do not fetch what nobody reads
                 put(_DONE)
             except _Stopped:
                 return

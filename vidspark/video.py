@@ -21,6 +21,7 @@ import heapq
 import io
 import logging
 import math
+import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
@@ -334,25 +335,33 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
 _SEEK_BACK_SECONDS = (0.0, 1.0, 5.0, 30.0)
 
 
-def decode_frames(source: Any, vconf: VideoConf, *, size: int, segment: Segment = WHOLE, report: DecodeReport | None = None) -> Iterator[VideoFrame]:
+def decode_frames(source: Any, vconf: VideoConf, *, size: int, segment: Segment = WHOLE, report: DecodeReport | None = None, stall_timeout_s: float | None = None) -> Iterator[VideoFrame]:
     """Decode one video (or one segment of it) and yield the sampled frames as ``size``×``size`` RGB.
 
     Decode problems do not raise: they go to ``report.errors`` with the position where decoding
     stopped, and the frames decoded before (and after, when the decoder recovers) are still yielded.
     A whole-file decode also reports a stream that ends before its declared frame count or duration.
+    With ``stall_timeout_s``, a decode that goes that long without a frame stops with an error
+    (checked between packets: one FFmpeg call cannot be interrupted).
     """
     import av
 
     report = report if report is not None else DecodeReport()
     attempts: list[float | None] = [None] if segment.start_pts is None else [*_SEEK_BACK_SECONDS, None]
     for back in attempts:
-        outcome = yield from _decode_attempt(av, source, vconf, size=size, segment=segment, seek_back=back, report=report, last_try=back is None)
+        try:
+            outcome = yield from _decode_attempt(av, source, vconf, size=size, segment=segment, seek_back=back, report=report, last_try=back is None, stall_timeout_s=stall_timeout_s)
+        except Exception as exc:  # whatever odd data makes PyAV raise: the object's errors row, never the task
+            report.add(type(exc).__name__, f"decoding stopped: {exc}")
+            return
         if outcome != "missed":
             return
         logger.info("seek landed after pts %s in %s; retrying from further back", segment.start_pts, source)
 
 
-def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segment: Segment, seek_back: float | None, report: DecodeReport, last_try: bool) -> Generator[VideoFrame, None, str]:
+def _decode_attempt(
+    av: Any, source: Any, vconf: VideoConf, *, size: int, segment: Segment, seek_back: float | None, report: DecodeReport, last_try: bool, stall_timeout_s: float | None = None
+) -> Generator[VideoFrame, None, str]:
     errors_before = len(report.errors)
 
     def missed() -> str:
@@ -394,7 +403,11 @@ def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segmen
         lost, first_lost = 0, None
         packet = None
         demux = container.demux(stream)
+        last_progress = time.monotonic()
         while True:
+            if stall_timeout_s is not None and time.monotonic() - last_progress > stall_timeout_s:
+                report.add("DecodeTimeout", f"no frame for {stall_timeout_s:g} s (featurizer.decode_timeout_s) at {_where(source, packet, tb, start, idx)}")
+                return "done"
             try:
                 packet = next(demux)
             except StopIteration:
@@ -416,6 +429,7 @@ def _decode_attempt(av: Any, source: Any, vconf: VideoConf, *, size: int, segmen
                 continue
             for frame in frames:
                 report.decoded += 1
+                last_progress = time.monotonic()
                 pts = frame.pts
                 if not from_start:
                     if pts is None or pts < segment.start_pts:
@@ -472,6 +486,8 @@ def _stream_problem(container: Any, vconf: VideoConf) -> tuple[str, str] | None:
     if not container.streams.video:
         return "NoVideoStream", "the container has no video stream"
     cc = container.streams.video[0].codec_context
+    if cc is None:
+        return "UnsupportedCodec", "no decoder for the video stream's codec"
     pixels = int(cc.width or 0) * int(cc.height or 0)
     if pixels > vconf.max_frame_pixels:
         return "FrameTooLarge", f"frames of {cc.width}x{cc.height} exceed video.max_frame_pixels ({vconf.max_frame_pixels})"
