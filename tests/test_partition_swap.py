@@ -79,3 +79,30 @@ def test_killed_between_the_two_renames_and_before_the_manifest(spark, tmp_path)
     frame(spark, NEW).write.partitionBy("camera_id", "date").parquet(staging_root(table) + "/r3/data")
     assert "removed unfinished staging r3" in recover_table(spark, table)
     assert rows(spark, table) == sorted([*NEW, ("b", 1, "cam1", "2026-11-21")])
+
+
+def test_interrupted_file_by_file_rename_is_finished_not_deleted(spark, tmp_path):
+    """On object stores a folder rename copies file by file: a kill leaves part of the new partition in place."""
+    table = str(tmp_path / "t")
+    replace_partitions(spark, frame(spark, OLD), table, run_id="r1")
+    many = [(f"n{i}", 9, "cam1", "2026-11-20") for i in range(6)]
+    with pytest.raises(RuntimeError):
+        replace_partitions(spark, frame(spark, many).repartition(3), table, run_id="r2", _fail_after=0)
+    run_dir = tmp_path / "_staging" / "t" / "r2"
+    target = tmp_path / "t" / "camera_id=cam1" / "date=2026-11-20"
+    (run_dir / "trash" / "camera_id=cam1").mkdir(parents=True)
+    target.rename(run_dir / "trash" / "camera_id=cam1" / "date=2026-11-20")
+    staged = run_dir / "data" / "camera_id=cam1" / "date=2026-11-20"
+    target.mkdir()
+    files = sorted(p for p in staged.iterdir() if p.suffix == ".parquet")
+    assert len(files) >= 2
+    files[0].rename(target / files[0].name)  # the copy got one file across before the kill
+    recover_table(spark, table)
+    assert sorted(r for r in rows(spark, table) if r[2] == "cam1" and r[3] == "2026-11-20") == sorted(many)
+
+
+def test_rows_outside_the_declared_scope_are_refused(spark, tmp_path):
+    table = str(tmp_path / "t")
+    with pytest.raises(Exception, match="outside this write's scope"):
+        replace_partitions(spark, frame(spark, NEW), table, run_id="r1", scope=[partition_path("cam1", "2026-11-20")])
+    assert not (tmp_path / "t").exists()

@@ -232,10 +232,16 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
     return {c: row[c] for c in _IDENTITY_COLUMNS}
 
 
-def _frame_identity(row: dict[str, Any], frame: VideoFrame) -> dict[str, Any]:
+def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "UTC") -> dict[str, Any]:
+    """A video frame's identity: its time is the object's start plus its pts; its date is the UTC date, as for stills.
+
+    Timestamps reach ``mapInPandas`` naive, in the session time zone, and must leave the same way.
+    """
     ident = _identity(row)
-    ts = pd.Timestamp(row["frame_ts"]) + pd.Timedelta(microseconds=round(frame.seconds * 1_000_000))
-    ident.update(video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts, date=ts.date())
+    start = pd.Timestamp(row["frame_ts"])
+    start = start.tz_localize(session_tz) if start.tzinfo is None else start
+    ts = (start + pd.Timedelta(microseconds=round(frame.seconds * 1_000_000))).tz_convert("UTC")
+    ident.update(video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts.tz_convert(session_tz).tz_localize(None), date=ts.date())
     return ident
 
 
@@ -274,7 +280,7 @@ class _Stopped(Exception):
 _DONE = object()
 
 
-def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None) -> Any:
+def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, session_tz: str = "UTC") -> Any:
     """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
 
     A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
@@ -308,7 +314,7 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                 segment = segment_of(row) if segment is None else segment
                 source = open_source(row["uri"], size=_opt_int(row["size"]) or 0, etag=row["etag"], sconf=sconf, vconf=vconf)
                 for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report, stall_timeout_s=fconf.decode_timeout_s):
-                    put((_frame_identity(row, frame), frame.pixels, None))
+                    put((_frame_identity(row, frame, session_tz), frame.pixels, None))
             except _Stopped:
                 raise
             except Exception as exc:  # anything PyAV or the reader raises is this video's errors row
@@ -423,7 +429,7 @@ def _run_model(batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict
     return out
 
 
-def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None) -> DataFrame:
+def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None, session_tz: str = "UTC") -> DataFrame:
     """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
     Parameters
@@ -443,7 +449,7 @@ def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageCo
         ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
     """
     df = work_df.repartition(num_tasks) if num_tasks else work_df
-    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf), schema=FEATURIZE_RESULT_SCHEMA)
+    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf, session_tz), schema=FEATURIZE_RESULT_SCHEMA)
 
 
 def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:
@@ -556,15 +562,17 @@ def featurize(
         unchanged = pd.Series([(u, e) in have for u, e in zip(rows["uri"], rows["etag"], strict=True)], index=rows.index, dtype=bool)
         skipped = int(rows.loc[unchanged, "uri"].nunique())
         rows = rows[~unchanged].reset_index(drop=True)
-    drop_uris = set(rows["uri"]) & set(existing["uri"])
+    # Old rows go only when the object changed (a new, known etag), was featurized again successfully,
+    # or was pruned: a failed attempt (transient fetch error, --full) must not cost good rows.
+    stored = set(zip(existing["uri"], existing["etag"], strict=True))
+    known = set(existing["uri"])
+    changed = {u for u, e in zip(rows["uri"], rows["etag"], strict=True) if u in known and e and (u, e) not in stored}
     pruned: set[str] = set()
     if prune and len(existing):
         prefix = parse_uri(input_uri).uri.rstrip("/") + "/"
-        pruned = {u for u in set(existing["uri"]) if u.startswith(prefix) and u not in inventory.listed_uris}
-        drop_uris |= pruned
-    dropped_parts = set(zip(existing.loc[existing["uri"].isin(drop_uris), "camera_id"], existing.loc[existing["uri"].isin(drop_uris), "date"], strict=True))
+        pruned = {u for u in known if u.startswith(prefix) and u not in inventory.listed_uris}
     timings["incremental_s"] = time.perf_counter() - t_inc
-    logger.info("%d objects unchanged since the last run (skipped), %d to featurize, %d replaced, %d pruned", skipped, rows["uri"].nunique(), len(drop_uris - pruned), len(pruned))
+    logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", skipped, rows["uri"].nunique(), len(changed), len(pruned))
 
     errors_output = errors_output or sibling(output, "errors")
     parallelism = spark.sparkContext.defaultParallelism
@@ -587,12 +595,14 @@ def featurize(
     t1 = time.perf_counter()
     errors_df = errors_frame(spark, driver_errors, run_id)
     featurized, featurized_objects, new_parts = 0, 0, set()
+    ok_uris: set[str] = set()
     result_df = None
     if len(work):
         work_df = spark.createDataFrame(_with_nullable_ints(work), schema=WORK_SCHEMA)
         n_still = int((work["kind"] != "video").sum())
         num_tasks = min(len(work), max(parallelism, math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
-        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=fid, num_tasks=num_tasks)
+        session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
+        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=fid, num_tasks=num_tasks, session_tz=session_tz)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if result_df is not None:
@@ -600,10 +610,13 @@ def featurize(
             stats = ok_df.groupBy("camera_id", "date").agg(F.count("*").alias("n"), F.countDistinct("uri").alias("objects")).collect()
             new_parts = {(r["camera_id"], r["date"].isoformat()) for r in stats}
             featurized = sum(int(r["n"]) for r in stats)
-            featurized_objects = ok_df.select("uri").distinct().count() if stats else 0
+            ok_uris = {r["uri"] for r in ok_df.select("uri").distinct().collect()} if stats else set()
+            featurized_objects = len(ok_uris)
             timings["featurize_s"] = time.perf_counter() - t1
             errors_df = errors_df.unionByName(result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
-        affected = sorted(new_parts | dropped_parts)
+        drop_uris = (ok_uris & known) | changed | pruned
+        dropped = existing["uri"].isin(drop_uris)
+        affected = sorted(new_parts | set(zip(existing.loc[dropped, "camera_id"], existing.loc[dropped, "date"], strict=True)))
         t2 = time.perf_counter()
         if affected:
             if on_partitions is not None:
@@ -628,7 +641,7 @@ def featurize(
         "work_units": len(work),
         "featurized_objects": featurized_objects,
         "featurized": featurized,
-        "replaced_objects": len(drop_uris - pruned),
+        "replaced_objects": len((ok_uris & known) | changed),
         "pruned_objects": len(pruned),
         "errors_by_stage": dict(sorted(counts.items())),
         "error_count": n_errors,
@@ -643,10 +656,12 @@ def featurize(
 
 def _merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | None, affected: list[tuple[str, str]], drop_uris: set[str]) -> DataFrame:
     """New rows plus the rows already in the affected partitions that stay (not replaced, not pruned)."""
+    parts_df = spark.createDataFrame([(c, date_cls.fromisoformat(d)) for c, d in affected], schema="camera_id string, date date")
+    if new_df is not None:  # a recomputed cache must not bring rows of partitions nobody planned to rewrite
+        new_df = new_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi").select(*FEATURES_SCHEMA.fieldNames())
     if not table_exists(spark, output):
         assert new_df is not None
         return new_df
-    parts_df = spark.createDataFrame([(c, date_cls.fromisoformat(d)) for c, d in affected], schema="camera_id string, date date")
     keep_df = read_table(spark, output, FEATURES_SCHEMA).join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
     if drop_uris:
         drop_df = spark.createDataFrame([(u,) for u in sorted(drop_uris)], schema="uri string")

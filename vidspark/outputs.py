@@ -156,7 +156,11 @@ def recover_table(spark: SparkSession, table: str) -> list[str]:
             record = json.loads(str(text))
             deleted = record.get("deleted", [])
             partitions = record["partitions"] + deleted
+            if record.get("table") not in (None, table):
+                logger.warning("skipping %s: its manifest is for %s, not %s", run_dir, record.get("table"), table)
+                continue
             _swap(fs, jvm, table, str(run_dir.toString()), partitions, deleted=frozenset(deleted))
+            fs.delete(manifest, False)
             done.append(f"rolled forward {len(partitions)} partition(s) of {run_dir.getName()}")
         else:
             done.append(f"removed unfinished staging {run_dir.getName()}")
@@ -183,7 +187,15 @@ def _swap(fs: Any, jvm: Any, table: str, run_dir: str, partitions: list[str], *,
             continue  # moved in by an earlier attempt, or a partition that is now empty
         if fs.exists(target):
             if fs.exists(trash):
-                fs.delete(target, True)  # a target half-restored by hand: the trash copy is the old one
+                # The old partition is already in the trash, so the target holds part of the new one: an
+                # interrupted directory rename on an object store (s3a copies file by file). Finish it file
+                # by file instead of deleting what was already moved.
+                for st in fs.listStatus(staged):
+                    dest = P(target, st.getPath().getName())
+                    if not fs.exists(dest) and not fs.rename(st.getPath(), dest):
+                        raise StorageError(f"could not move {st.getPath()} into {table}")
+                fs.delete(staged, True)
+                continue
             else:
                 fs.mkdirs(trash.getParent())
                 if not fs.rename(target, trash):
@@ -217,9 +229,14 @@ def replace_partitions(
         fs.delete(P(run_dir), True)
     df.write.mode("overwrite").option("compression", "snappy").partitionBy(*partition_by).parquet(join(run_dir, "data"))
     partitions = _partition_dirs(fs, jvm, join(run_dir, "data"), len(partition_by))
+    if scope is not None and not set(partitions) <= set(scope):
+        fs.delete(P(run_dir), True)
+        raise StorageError(f"refusing to replace partitions outside this write's scope: {sorted(set(partitions) - set(scope))}")
     deleted = sorted(set(scope or ()) - set(partitions))
     write_text(spark, join(run_dir, _MANIFEST), json.dumps({"table": table, "run_id": run_id, "partitions": partitions, "deleted": deleted}))
     _swap(fs, jvm, table, run_dir, partitions + deleted, deleted=frozenset(deleted), fail_after=_fail_after)
+    if not fs.delete(P(join(run_dir, _MANIFEST)), False):  # first: a manifest that outlived its swap would be replayed
+        raise StorageError(f"could not remove {join(run_dir, _MANIFEST)}")
     fs.delete(P(run_dir), True)
     root = P(staging_root(table))
     if fs.exists(root) and len(fs.listStatus(root)) == 0:

@@ -69,7 +69,8 @@ def run(
         logger.warning("%d partition(s) left unpredicted by an interrupted run will be predicted now", len(pending))
 
     def record_pending(parts: list[tuple[str, str]]) -> None:
-        write_json(spark, join(state, f"pending-{run_id}.json"), {"run_id": run_id, "partitions": [list(p) for p in parts]})
+        # with what an earlier run of the same id left pending: a retried run id must not hide it
+        write_json(spark, join(state, f"pending-{run_id}.json"), {"run_id": run_id, "partitions": [list(p) for p in sorted(pending | set(parts))]})
 
     fsum = featurize(
         spark,

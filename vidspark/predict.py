@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
-from vidspark.outputs import join, partition_path, read_table, replace_partitions, table_exists, write_json
+from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists, write_json
 from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -174,15 +174,28 @@ def _parts_df(spark: SparkSession, partitions: list[tuple[str, str]]) -> DataFra
     return spark.createDataFrame([(c, date.fromisoformat(d)) for c, d in partitions], schema="camera_id string, date date")
 
 
-def frames_with_context(features_df: DataFrame, parts_df: DataFrame) -> DataFrame:
+def frames_with_context(features_df: DataFrame, parts_df: DataFrame, *, extra_videos: DataFrame | None = None) -> DataFrame:
     """Rows of the given partitions plus every other frame of the videos they touch (any date).
 
     The rolling average of a frame uses the frames before it in its video, which may lie in an
-    earlier day's partition featurized on an earlier night.
+    earlier day's partition featurized on an earlier night. ``extra_videos`` (``camera_id,
+    video_id``) adds videos to recompute whole, such as those whose summary row sits in a partition.
     """
+    return _with_touched(features_df, parts_df, touched_videos(features_df, parts_df, extra_videos))
+
+
+def touched_videos(features_df: DataFrame, parts_df: DataFrame, extra_videos: DataFrame | None = None) -> DataFrame:
+    """``camera_id, video_id`` of the videos with a frame in the partitions (plus ``extra_videos``)."""
     in_parts = features_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
-    touched = in_parts.where(F.col("video_id").isNotNull()).select("camera_id", "video_id").distinct()
-    videos = features_df.where(F.col("video_id").isNotNull()).join(F.broadcast(touched), ["camera_id", "video_id"], "left_semi")
+    touched = in_parts.where(F.col("video_id").isNotNull()).select("camera_id", "video_id")
+    if extra_videos is not None:
+        touched = touched.unionByName(extra_videos.select("camera_id", "video_id"))
+    return touched.distinct()
+
+
+def _with_touched(features_df: DataFrame, parts_df: DataFrame, touched: DataFrame) -> DataFrame:
+    in_parts = features_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
+    videos = features_df.where(F.col("video_id").isNotNull()).join(touched, ["camera_id", "video_id"], "left_semi")
     return videos.unionByName(in_parts.where(F.col("video_id").isNull()))
 
 
@@ -215,11 +228,19 @@ def predict(
         raise ConfigError(f"--window must be >= 1, got {window}")
     t0 = time.perf_counter()
     model = load_model_dir(model_dir)
+    frames_out, videos_out = join(output, "frames"), join(output, "videos")
+    for table in (features, frames_out, videos_out):  # a swap a killed run left half done, before any read
+        recover_table(spark, table)
     if features_df is None:
         features_df = read_table(spark, features, FEATURES_SCHEMA)
-    frames_out, videos_out = join(output, "frames"), join(output, "videos")
     parts_df = _parts_df(spark, partitions) if partitions is not None else None
-    input_df = frames_with_context(features_df, parts_df) if parts_df is not None else features_df
+    old_videos = read_table(spark, videos_out, VIDEO_PREDICTIONS_SCHEMA) if parts_df is not None and table_exists(spark, videos_out) else None
+    touched = None
+    if parts_df is not None:
+        # videos with a frame in the partitions, and those whose summary row lives there (all frames pruned, or moved)
+        in_part_rows = old_videos.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if old_videos is not None else None
+        touched = touched_videos(features_df, parts_df, in_part_rows).persist(StorageLevel.MEMORY_AND_DISK)
+    input_df = _with_touched(features_df, parts_df, touched) if parts_df is not None and touched is not None else features_df
     frames_df = predict_frames(spark, input_df, model, window=window).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         frames_write = frames_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if parts_df is not None else frames_df
@@ -228,17 +249,15 @@ def predict(
         videos_df = video_summaries(frames_df, classes=model.classes).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             videos_write, video_scope = videos_df, None
-            if parts_df is not None:
-                starts = [(r["camera_id"], r["date"].isoformat()) for r in videos_df.select("camera_id", "date").distinct().collect()]
-                q = sorted(set(partitions or []) | set(starts))
+            if parts_df is not None and touched is not None:
+                starts = {(r["camera_id"], r["date"].isoformat()) for r in videos_df.select("camera_id", "date").distinct().collect()}
+                if old_videos is not None:  # where the touched videos' rows were: they move or go
+                    old_rows = old_videos.join(touched, ["camera_id", "video_id"], "left_semi").select("camera_id", "date").distinct().collect()
+                    starts |= {(r["camera_id"], r["date"].isoformat()) for r in old_rows}
+                q = sorted(set(partitions or []) | starts)
                 video_scope = [partition_path(c, d) for c, d in q]
-                if table_exists(spark, videos_out):
-                    keep = (
-                        read_table(spark, videos_out, VIDEO_PREDICTIONS_SCHEMA)
-                        .join(F.broadcast(_parts_df(spark, q)), ["camera_id", "date"], "left_semi")
-                        .join(F.broadcast(parts_df), ["camera_id", "date"], "left_anti")
-                        .join(videos_df.select("camera_id", "video_id"), ["camera_id", "video_id"], "left_anti")
-                    )
+                if old_videos is not None:
+                    keep = old_videos.join(F.broadcast(_parts_df(spark, q)), ["camera_id", "date"], "left_semi").join(touched, ["camera_id", "video_id"], "left_anti")
                     videos_write = videos_df.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()))
             replace_partitions(spark, videos_write.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()), videos_out, run_id=run_id, scope=video_scope)
             stats = videos_df.agg(F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")).first()
@@ -247,6 +266,8 @@ def predict(
             videos_df.unpersist()
     finally:
         frames_df.unpersist()
+        if touched is not None:
+            touched.unpersist()
     write_json(spark, join(output, "predict.json"), {"classes": model.classes, "model": model_dir, "featurizer": model.featurizer, "window": window})
     summary = {
         "features": features,

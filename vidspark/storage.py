@@ -200,7 +200,7 @@ def get_object_bytes(client: Any, *, bucket: str, key: str, etag: str | None = N
     after botocore has returned, so that is retried here (same attempt count, jittered backoff).
     ``IfMatch`` (412) and other client errors are not retried.
     """
-    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if etag:
@@ -219,7 +219,7 @@ def get_object_bytes(client: Any, *, bucket: str, key: str, etag: str | None = N
             if expected is not None and len(data) != int(expected):
                 raise StorageError(f"s3://{bucket}/{key}: got {len(data)} of {expected} bytes")
             return data
-        except (BotoCoreError, OSError, StorageError) as exc:  # a body cut off mid-stream, a reset connection
+        except (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError, OSError, StorageError) as exc:  # a body cut off mid-stream
             if attempt == attempts:
                 raise
             delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
