@@ -132,8 +132,7 @@ def _worker_rss_mb() -> float:
 
 def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str]) -> dict[str, Any]:
     """C: `vidspark featurize` in its own process; job time from its run record, peak worker RSS sampled."""
-    code = "import sys; from vidspark.cli import entrypoint; sys.argv[0] = 'vidspark'; entrypoint()"
-    argv = [sys.executable, "-c", code, "featurize", "--input", uri, "--output", str(out / "features"), "--run-id", "bench", "--conf", str(ROOT / "conf" / "local.yaml")]
+    argv = [sys.executable, "-m", "vidspark", "featurize", "--input", uri, "--output", str(out / "features"), "--run-id", "bench", "--conf", str(ROOT / "conf" / "local.yaml")]
     argv += ["--set", "featurizer.weights=random", "--set", f"storage.endpoint_url={endpoint}", *extra]
     peak = 0.0
     t0 = time.perf_counter()

@@ -134,8 +134,7 @@ def test_since_until_and_cameras_narrow_the_selection(spark, model_dir, tmp_path
 
 def _killed_run(archive: Path, out: Path, model: Path, run_id: str, wait_for: Path) -> None:
     """Start `vidspark run` in its own process (own JVM) and SIGKILL it as soon as ``wait_for`` appears."""
-    code = "import sys; from vidspark.cli import entrypoint; sys.argv[0] = 'vidspark'; entrypoint()"
-    argv = [sys.executable, "-c", code, "run", "--input", str(archive), "--layout", LAYOUT, "--model", str(model), "--output", str(out)]
+    argv = [sys.executable, "-m", "vidspark", "run", "--input", str(archive), "--layout", LAYOUT, "--model", str(model), "--output", str(out)]
     argv += ["--window", "4", "--run-id", run_id, "--master", "local[2]", *COMMON]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

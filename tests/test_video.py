@@ -181,6 +181,8 @@ def test_range_reader_streams_from_s3_with_bounded_memory(videos, s3_client, buc
     s3_client.put_object(Bucket=bucket, Key="cam/v.mp4", Body=data)
     etag = s3_client.head_object(Bucket=bucket, Key="cam/v.mp4")["ETag"].strip('"')
     block = 4096
+    sniffer = RangeReader(s3_client, f"s3://{bucket}/cam/v.mp4", size=len(data), etag=etag, block_size=block)
+    assert read_head(sniffer) == data[:512] and sniffer.requests == 0  # a 512-byte range, not a read block
     reader = RangeReader(s3_client, f"s3://{bucket}/cam/v.mp4", size=len(data), etag=etag, block_size=block)
     vconf = VideoConf(read_block_bytes=block)
     report = DecodeReport()

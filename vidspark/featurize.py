@@ -34,7 +34,7 @@ from vidspark.layout import Layout, LayoutMismatch, natural_key
 from vidspark.outputs import partition_path, read_table, recover_table, replace_partitions, sibling, table_exists, write_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA, WORK_SCHEMA
 from vidspark.storage import ObjectInfo, cached_s3_client, check_readable, list_objects, make_s3_client, parse_uri, read_object
-from vidspark.video import WHOLE, DecodeReport, RangeReader, Segment, VideoFrame, decode_frames, kind_of_key, open_source, probe_segments, read_head, sniff_is_video
+from vidspark.video import WHOLE, DecodeReport, Segment, VideoFrame, decode_frames, is_storage_error, kind_of_key, open_source, probe_segments, read_head, sniff_is_video
 
 logger = logging.getLogger(__name__)
 
@@ -245,8 +245,8 @@ def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "U
     return ident
 
 
-def _error_stage(source: Any, default: str = "decode") -> str:
-    return "fetch" if isinstance(source, RangeReader) and source.error is not None else default
+def _error_stage(source: Any) -> str:
+    return "fetch" if is_storage_error(source) else "decode"
 
 
 def make_plan_fn(vconf: VideoConf, sconf: StorageConf) -> Any:

@@ -174,16 +174,6 @@ def _parts_df(spark: SparkSession, partitions: list[tuple[str, str]]) -> DataFra
     return spark.createDataFrame([(c, date.fromisoformat(d)) for c, d in partitions], schema="camera_id string, date date")
 
 
-def frames_with_context(features_df: DataFrame, parts_df: DataFrame, *, extra_videos: DataFrame | None = None) -> DataFrame:
-    """Rows of the given partitions plus every other frame of the videos they touch (any date).
-
-    The rolling average of a frame uses the frames before it in its video, which may lie in an
-    earlier day's partition featurized on an earlier night. ``extra_videos`` (``camera_id,
-    video_id``) adds videos to recompute whole, such as those whose summary row sits in a partition.
-    """
-    return _with_touched(features_df, parts_df, touched_videos(features_df, parts_df, extra_videos))
-
-
 def touched_videos(features_df: DataFrame, parts_df: DataFrame, extra_videos: DataFrame | None = None) -> DataFrame:
     """``camera_id, video_id`` of the videos with a frame in the partitions (plus ``extra_videos``)."""
     in_parts = features_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
@@ -193,7 +183,12 @@ def touched_videos(features_df: DataFrame, parts_df: DataFrame, extra_videos: Da
     return touched.distinct()
 
 
-def _with_touched(features_df: DataFrame, parts_df: DataFrame, touched: DataFrame) -> DataFrame:
+def frames_with_context(features_df: DataFrame, parts_df: DataFrame, touched: DataFrame) -> DataFrame:
+    """Rows of the given partitions plus every frame (any date) of the ``touched`` videos.
+
+    The rolling average of a frame uses the frames before it in its video, which may lie in an
+    earlier day's partition featurized on an earlier night.
+    """
     in_parts = features_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
     videos = features_df.where(F.col("video_id").isNotNull()).join(touched, ["camera_id", "video_id"], "left_semi")
     return videos.unionByName(in_parts.where(F.col("video_id").isNull()))
@@ -240,7 +235,7 @@ def predict(
         # videos with a frame in the partitions, and those whose summary row lives there (all frames pruned, or moved)
         in_part_rows = old_videos.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if old_videos is not None else None
         touched = touched_videos(features_df, parts_df, in_part_rows).persist(StorageLevel.MEMORY_AND_DISK)
-    input_df = _with_touched(features_df, parts_df, touched) if parts_df is not None and touched is not None else features_df
+    input_df = frames_with_context(features_df, parts_df, touched) if parts_df is not None and touched is not None else features_df
     frames_df = predict_frames(spark, input_df, model, window=window).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         frames_write = frames_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if parts_df is not None else frames_df

@@ -15,6 +15,13 @@ IDENTITY_FIELDS = [
     T.StructField("label", T.StringType(), True),
 ]
 
+# What a failed row carries, in the featurize output and the video probe output alike.
+_ERROR_FIELDS = [
+    T.StructField("stage", T.StringType(), True),
+    T.StructField("error_type", T.StringType(), True),
+    T.StructField("message", T.StringType(), True),
+]
+
 INVENTORY_SCHEMA = T.StructType([*IDENTITY_FIELDS, T.StructField("size", T.LongType(), True)])
 
 # One unit of featurize work: an image, a whole video, or one keyframe-aligned segment of a video.
@@ -36,9 +43,7 @@ WORK_SCHEMA = T.StructType(
 PLAN_SCHEMA = T.StructType(
     [
         *WORK_SCHEMA.fields,
-        T.StructField("stage", T.StringType(), True),
-        T.StructField("error_type", T.StringType(), True),
-        T.StructField("message", T.StringType(), True),
+        *_ERROR_FIELDS,
     ]
 )
 
@@ -66,9 +71,7 @@ FEATURIZE_RESULT_SCHEMA = T.StructType(
         *IDENTITY_FIELDS,
         T.StructField("features", T.ArrayType(T.FloatType(), False), True),
         T.StructField("featurizer", T.StringType(), True),
-        T.StructField("stage", T.StringType(), True),
-        T.StructField("error_type", T.StringType(), True),
-        T.StructField("message", T.StringType(), True),
+        *_ERROR_FIELDS,
     ]
 )
 

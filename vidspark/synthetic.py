@@ -113,6 +113,13 @@ def write_labeled_set(sink: Sink, *, classes: tuple[str, ...] = CLASSES[:2], per
     return keys
 
 
+def _shown_label(label: str, classes: tuple[str, ...], flicker: float, rng: np.random.Generator) -> str:
+    """The video's own class, or with probability ``flicker`` another one (the flicker smoothing removes)."""
+    if rng.uniform() < flicker:
+        return classes[(classes.index(label) + 1 + int(rng.integers(0, max(1, len(classes) - 1)))) % len(classes)]
+    return label
+
+
 @dataclass(frozen=True)
 class VideoTruth:
     camera_id: str
@@ -150,9 +157,7 @@ def write_camera_archive(
             t0 = start + timedelta(minutes=10 * v + ci)
             frame_labels = []
             for i in range(frames_per_video):
-                shown = label
-                if rng.uniform() < flicker:
-                    shown = classes[(classes.index(label) + 1 + int(rng.integers(0, max(1, len(classes) - 1)))) % len(classes)]
+                shown = _shown_label(label, classes, flicker, rng)
                 frame_labels.append(shown)
                 img = scene(shown, rng, size=size, phase=i / 3.0)
                 sink.put(f"{prefix}{cam}/{video_id}/frame_{i:05d}.jpg", jpeg_bytes(img), t0 + timedelta(seconds=i / fps))
@@ -222,9 +227,7 @@ def write_video_camera(
         frame_labels = []
         images = []
         for i in range(frames_per_video):
-            shown = label
-            if rng.uniform() < flicker:
-                shown = classes[(classes.index(label) + 1 + int(rng.integers(0, max(1, len(classes) - 1)))) % len(classes)]
+            shown = _shown_label(label, classes, flicker, rng)
             frame_labels.append(shown)
             images.append(scene(shown, rng, size=size, phase=i / 3.0))
         sink.put(f"{stem}.{extension}", encode_video(images, fps=fps, codec=codec, container_format=container_format), t0 + timedelta(seconds=frames_per_video / fps))

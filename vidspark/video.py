@@ -146,11 +146,8 @@ def open_source(uri: str, *, size: int, etag: str | None, sconf: StorageConf, vc
 
 def read_head(source: Any, n: int = SNIFF_BYTES) -> bytes:
     """The first ``n`` bytes of a source from :func:`open_source`."""
-    if isinstance(source, RangeReader):
-        source.seek(0)
-        head = source.read(n) or b""
-        source.seek(0)
-        return head
+    if isinstance(source, RangeReader):  # n bytes, not a whole read block
+        return get_object_bytes(source.client, bucket=source.bucket, key=source.key, etag=source.etag, byte_range=f"bytes=0-{max(0, min(n, source.size) - 1)}", attempts=source.attempts)
     with open(source, "rb") as fh:
         return fh.read(n)
 
@@ -248,7 +245,8 @@ def _where(reader: Any, packet: Any, tb: Fraction, start: int, idx: int) -> str:
     return ", ".join(parts)
 
 
-def _is_storage_error(source: Any) -> bool:
+def is_storage_error(source: Any) -> bool:
+    """Whether the last failure reading ``source`` came from storage (an S3 read), not from the data."""
     return isinstance(source, RangeReader) and source.error is not None
 
 
@@ -389,7 +387,7 @@ def _decode_attempt(
             try:
                 container.seek(target, stream=stream, backward=True, any_frame=False)
             except Exception as exc:  # a failed seek: a storage error ends here, an FFmpeg one tries further back
-                if _is_storage_error(source) or last_try:
+                if is_storage_error(source) or last_try:
                     report.add(type(exc).__name__, f"seeking to t={float((target - start) * tb):.3f} s failed: {exc}")
                     return "failed"
                 return missed()
@@ -413,9 +411,9 @@ def _decode_attempt(
             except StopIteration:
                 break
             except Exception as exc:  # truncated or unreadable container: keep what decoded so far
-                if not seen_start and not last_try and not _is_storage_error(source):
+                if not seen_start and not last_try and not is_storage_error(source):
                     return missed()
-                stage_note = "reading" if _is_storage_error(source) else "demuxing"
+                stage_note = "reading" if is_storage_error(source) else "demuxing"
                 report.add(type(exc).__name__, f"{stage_note} stopped at {_where(source, packet, tb, start, idx)}: {exc}")
                 packet = None
                 break
