@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint java venv clean bench bench-video bench-featurize
+.PHONY: demo test test-fast lint java venv clean bench bench-video bench-featurize bench-train bench-gpu
 
 java:
 	@scripts/check_java.sh
@@ -31,13 +31,20 @@ test: java $(STAMP) lint
 test-fast: java $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: bench-video bench-featurize
+bench: bench-video bench-featurize bench-train
+	@echo "make bench: done; tables above, JSON in bench/results/"
 
 bench-video: $(STAMP)
 	$(PY) bench/video_decode.py
 
 bench-featurize: java $(STAMP)
 	$(PY) bench/featurize.py
+
+bench-train: java $(STAMP)
+	$(PY) bench/train.py
+
+bench-gpu: java $(STAMP)
+	$(PY) bench/gpu_featurize.py
 
 clean:
 	rm -rf demo-output build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,18 +1,20 @@
 """Featurization throughput against its baselines, measured in one run (CPU, ``weights: random``).
 
-Run: ``python bench/featurize.py [--per-size 200] [--sizes 640x480,1920x1080]`` (``make bench-featurize``).
+Run: ``python bench/featurize.py [--per-size 400] [--sizes 640x480,1920x1080]`` (``make bench-featurize``).
 
 On one synthetic archive of JPEGs (quality 85, CCTV-like scenes) served by a local S3 server:
 
 - **matmul**: TensorFlow's float32 2048x2048 matrix product, GFLOP/s, and the frames/s it bounds
   ResNet50 to (7.8 GFLOP a 224x224 frame);
-- **A, model ceiling**: bare Keras ResNet50 on decoded 224x224 arrays, one process,
-  ``predict_on_batch``, best of several batch sizes; float32, and mixed bfloat16 beside it;
-- **B, the notebook way**: one process, boto3 get -> Pillow open/resize -> batches of 32 ->
-  ``predict_on_batch``;
+- **A, model ceiling**: vidspark's compiled ResNet50 call on decoded 224x224 arrays, one process,
+  best of several batch sizes; float32, and mixed bfloat16 beside it;
+- **B, the notebook way**: a fresh Python process: boto3 get -> Pillow open/resize -> batches of 32
+  -> Keras ``predict_on_batch``; timed from process start (imports and model build included, as
+  C's are) and, apart, its loop alone;
 - **C, vidspark**: ``vidspark featurize`` on ``local[*]`` in its own process (listing, fetch, decode,
-  model, Parquet write), timed from job start to features on disk (JVM start reported apart), with
-  the peak resident memory of its Python workers.
+  model, Parquet write), timed from job start (session up) to features on disk, the JVM start
+  reported apart; also its throughput inside the featurize tasks (model built), from the run
+  record's task timings; peak resident memory of its Python workers, and again on an input 4x larger.
 
 Prints frames/s for A, B, C, the ratios C/A and C/B, and writes ``bench/results/featurize.json``.
 """
@@ -37,7 +39,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 GFLOP_PER_FRAME = 7.8
 
@@ -60,53 +61,62 @@ def matmul_gflops(n: int = 2048, repeat: int = 20) -> float:
 
 
 def model_ceiling(batch_sizes: list[int], n_frames: int, precision: str = "float32") -> dict[str, Any]:
-    import tensorflow as tf
-
     from vidspark.config import FeaturizerConf
-    from vidspark.featurizer import build_model, preprocess
+    from vidspark.featurizer import Featurizer
 
-    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    try:
-        model = build_model(FeaturizerConf(weights="random"))
-        rng = np.random.default_rng(0)
-        frames = rng.integers(0, 256, size=(max(batch_sizes), 224, 224, 3), dtype=np.uint8)
-        by_batch = {}
-        for bs in batch_sizes:
-            x = preprocess(frames[:bs])
-            model.predict_on_batch(x)  # warm-up: graph build
-            t0 = time.perf_counter()
-            done = 0
-            while done < n_frames:
-                model.predict_on_batch(x)
-                done += bs
-            by_batch[bs] = round(done / (time.perf_counter() - t0), 2)
-        best = max(by_batch, key=lambda k: by_batch[k])
-        return {"precision": precision, "fps_by_batch": by_batch, "best_batch": best, "fps": by_batch[best]}
-    finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(max(batch_sizes), 224, 224, 3), dtype=np.uint8)
+    by_batch = {}
+    for bs in batch_sizes:
+        model = Featurizer(FeaturizerConf(weights="random", batch_size=bs, precision=precision))  # traced and warmed on build
+        t0 = time.perf_counter()
+        done = 0
+        while done < n_frames:
+            model(frames[:bs])
+            done += bs
+        by_batch[bs] = round(done / (time.perf_counter() - t0), 2)
+    best = max(by_batch, key=lambda k: by_batch[k])
+    return {"precision": precision, "fps_by_batch": by_batch, "best_batch": best, "fps": by_batch[best]}
 
 
-def notebook_loop(client: Any, bucket: str, keys: list[str], batch: int = 32) -> float:
-    """B: what a user writes without Spark."""
+def notebook_loop(endpoint: str, bucket: str, prefix: str, launched: float, batch: int = 32) -> dict[str, Any]:
+    """B, in a fresh process: what a user writes without Spark, from the first import to the last batch."""
+    import boto3
+    import tensorflow as tf  # noqa: F401
     from PIL import Image
 
     from vidspark.config import FeaturizerConf
     from vidspark.featurizer import build_model, preprocess
 
+    client = boto3.client("s3", endpoint_url=endpoint)
+    keys = sorted(o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", []))
     model = build_model(FeaturizerConf(weights="random"))
-    model.predict_on_batch(np.zeros((batch, 224, 224, 3), np.float32))
     t0 = time.perf_counter()
-    buf: list[np.ndarray] = []
+    out, buf = [], []
     for key in keys:
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         img = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224))
         buf.append(np.asarray(img))
         if len(buf) == batch:
-            model.predict_on_batch(preprocess(np.stack(buf)))
+            out.append(model.predict_on_batch(preprocess(np.stack(buf))))
             buf = []
     if buf:
-        model.predict_on_batch(preprocess(np.stack(buf)))
-    return len(keys) / (time.perf_counter() - t0)
+        out.append(model.predict_on_batch(preprocess(np.stack(buf))))
+    loop_s = time.perf_counter() - t0
+    return {"frames": len(keys), "e2e_s": round(time.time() - launched, 2), "loop_s": round(loop_s, 2)}
+
+
+def notebook_run(endpoint: str, bucket: str, prefix: str) -> dict[str, Any]:
+    launched = time.time()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    cpu0 = time.process_time()
+    out = subprocess.run([sys.executable, __file__, "--notebook", endpoint, bucket, prefix, str(launched)], check=True, capture_output=True, text=True, env=env)
+    server_cpu = time.process_time() - cpu0
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["fps"] = round(r["frames"] / r["e2e_s"], 2)
+    r["loop_fps"] = round(r["frames"] / r["loop_s"], 2)
+    r["s3_server_cpu_s"] = round(server_cpu, 2)
+    return r
 
 
 def _worker_rss_mb() -> float:
@@ -130,13 +140,19 @@ def _worker_rss_mb() -> float:
     return best
 
 
-def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str]) -> dict[str, Any]:
-    """C: `vidspark featurize` in its own process; job time from its run record, peak worker RSS sampled."""
+def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str], *, gpu: bool = False) -> dict[str, Any]:
+    """C: `vidspark featurize` in its own process; job time from its run record, peak worker RSS sampled.
+
+    Also the CPU time this process spent meanwhile: the S3 server runs in it, so that is what serving
+    the objects cost (on this machine it comes out of the same cores as the model).
+    """
     argv = [sys.executable, "-m", "vidspark", "featurize", "--input", uri, "--output", str(out / "features"), "--run-id", "bench", "--conf", str(ROOT / "conf" / "local.yaml")]
     argv += ["--set", "featurizer.weights=random", "--set", f"storage.endpoint_url={endpoint}", *extra]
+    env = dict(os.environ) if gpu else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     peak = 0.0
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or []), daemon=True)
     reader.start()
@@ -144,33 +160,35 @@ def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str]) -> dict[s
         peak = max(peak, _worker_rss_mb())
         time.sleep(0.2)
     wall = time.perf_counter() - t0
+    server_cpu = time.process_time() - cpu0
     reader.join(timeout=5)
     if proc.returncode != 0:
         raise RuntimeError("vidspark featurize failed:\n" + "".join(stderr)[-3000:])
     record = json.loads((out / "runs" / "bench.json").read_text())
     t = record["summary"]["timings"]
+    tasks = record["summary"]["tasks"]
     job = sum(v for k, v in t.items())
+    slots = record["summary"]["task_slots"]
+    frames = record["summary"]["featurized"]
     return {
-        "frames": record["summary"]["featurized"],
+        "frames": frames,
         "job_s": round(job, 2),
+        "fps": round(frames / job, 2),
+        "in_tasks_fps": round(frames * slots / tasks["task_s"], 2),  # tasks run `slots` at a time
         "process_wall_s": round(wall, 2),
         "jvm_and_startup_s": round(wall - job, 2),
         "timings": t,
+        "tasks": tasks,
+        "task_slots": slots,
         "worker_peak_rss_mb": round(peak),
+        "s3_server_cpu_s": round(server_cpu, 2),
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--per-size", type=int, default=200)
-    parser.add_argument("--sizes", default="640x480,1920x1080")
-    parser.add_argument("--batch-sizes", default="16,32,64")
-    parser.add_argument("--c-set", action="append", default=[], metavar="KEY=VALUE", help="extra --set for the vidspark run (C)")
-    parser.add_argument("--skip-ab", action="store_true", help="measure C only (A and B from an earlier run are not repeated)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "featurize.json"))
-    args = parser.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+def serve_archive(sizes: list[tuple[int, ...]], per_size: int, *, memory_factor: int = 0) -> tuple[Any, str, list[str]]:
+    """Start a local S3 server holding ``per_size`` JPEGs per size under ``s3://bench/WxH/`` (and ``WxH-xF/``: the first size, F times)."""
+    import logging
+    import socket
 
     from moto.server import ThreadedMotoServer
 
@@ -179,64 +197,113 @@ def main(argv: list[str] | None = None) -> int:
     from vidspark.synthetic import CLASSES, jpeg_bytes, scene
 
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    import logging
-
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    previous: dict[str, Any] = {}
-    results: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "per_size": args.per_size, "sizes": {}}
-    try:
-        client = make_s3_client(StorageConf(endpoint_url=endpoint))
-        client.create_bucket(Bucket="bench")
-        rng = np.random.default_rng(0)
-        keys: dict[str, list[str]] = {}
-        for w, h in sizes:
-            name = f"{w}x{h}"
-            keys[name] = []
-            for i in range(args.per_size):
-                label = CLASSES[i % len(CLASSES)]
-                key = f"{name}/{label}/{i:05d}.jpg"
-                client.put_object(Bucket="bench", Key=key, Body=jpeg_bytes(scene(label, rng, size=(w, h), phase=i / 5), quality=85))
-                keys[name].append(key)
+    client = make_s3_client(StorageConf(endpoint_url=endpoint))
+    client.create_bucket(Bucket="bench")
+    rng = np.random.default_rng(0)
+    names = []
+    for w, h in sizes:
+        name = f"{w}x{h}"
+        names.append(name)
+        for i in range(per_size):
+            label = CLASSES[i % len(CLASSES)]
+            client.put_object(Bucket="bench", Key=f"{name}/{label}/{i:05d}.jpg", Body=jpeg_bytes(scene(label, rng, size=(w, h), phase=i / 5), quality=85))
+    if memory_factor > 1:  # the same pictures under more keys: only the count grows
+        for i in range(per_size):
+            label = CLASSES[i % len(CLASSES)]
+            for copy in range(memory_factor):
+                client.copy_object(Bucket="bench", Key=f"{names[0]}-x{memory_factor}/{label}/{copy}-{i:05d}.jpg", CopySource={"Bucket": "bench", "Key": f"{names[0]}/{label}/{i:05d}.jpg"})
+    return server, endpoint, names
 
-        if args.skip_ab:
-            previous = json.loads(Path(args.out).read_text())
-            results.update({k: previous[k] for k in ("matmul_gflops", "flop_bound_fps", "A", "A_bfloat16")})
-        else:
-            gflops = matmul_gflops()
-            results["matmul_gflops"] = round(gflops, 1)
-            results["flop_bound_fps"] = round(gflops / GFLOP_PER_FRAME, 1)
-            results["A"] = model_ceiling(batch_sizes, n_frames=192)
-            results["A_bfloat16"] = model_ceiling(batch_sizes, n_frames=192, precision="bfloat16")
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-size", type=int, default=400)
+    parser.add_argument("--sizes", default="640x480,1920x1080")
+    parser.add_argument("--batch-sizes", default="16,32,64")
+    parser.add_argument("--memory-factor", type=int, default=4, help="C again on the first size with this many times the objects (0: skip)")
+    parser.add_argument("--c-set", action="append", default=[], metavar="KEY=VALUE", help="extra --set for the vidspark run (C)")
+    parser.add_argument("--notebook", nargs=4, metavar=("ENDPOINT", "BUCKET", "PREFIX", "LAUNCHED"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "featurize.json"))
+    args = parser.parse_args(argv)
+    if args.notebook:
+        endpoint, bucket, prefix, launched = args.notebook
+        print(json.dumps(notebook_loop(endpoint, bucket, prefix, float(launched))))
+        return 0
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the CPU benchmark (bench/gpu_featurize.py is the GPU one)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    t_start = time.perf_counter()
+    server, endpoint, names = serve_archive(sizes, args.per_size, memory_factor=args.memory_factor)
+    results: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "per_size": args.per_size, "C_settings": args.c_set, "sizes": {}}
+    try:
+        gflops = matmul_gflops()
+        results["matmul_gflops"] = round(gflops, 1)
+        results["flop_bound_fps"] = round(gflops / GFLOP_PER_FRAME, 1)
+        results["A"] = model_ceiling(batch_sizes, n_frames=192)
+        results["A"]["over_flop_bound"] = round(results["A"]["fps"] / results["flop_bound_fps"], 3)
+        results["A_bfloat16"] = model_ceiling(batch_sizes, n_frames=192, precision="bfloat16")
         c_extra = ["--layout", "{label}/**"] + [a for kv in args.c_set for a in ("--set", kv)]
-        results["C_settings"] = args.c_set
-        for name in keys:
-            b_fps = previous["sizes"][name]["B_fps"] if args.skip_ab else round(notebook_loop(client, "bench", keys[name]), 2)
-            row: dict[str, Any] = {"B_fps": b_fps}
+        a_fps = results["A"]["fps"]
+        for name in names:
+            b = notebook_run(endpoint, "bench", f"{name}/")
             with tempfile.TemporaryDirectory() as tmp:
                 c = vidspark_run(f"s3://bench/{name}", Path(tmp), endpoint, c_extra)
-            row["C"] = c
-            row["C_fps"] = round(c["frames"] / c["job_s"], 2)
-            row["C_over_A"] = round(row["C_fps"] / results["A"]["fps"], 3)
-            row["C_over_B"] = round(row["C_fps"] / row["B_fps"], 3)
-            results["sizes"][name] = row
+            results["sizes"][name] = {
+                "B": b,
+                "C": c,
+                "C_over_A": round(c["fps"] / a_fps, 3),
+                "C_in_tasks_over_A": round(c["in_tasks_fps"] / a_fps, 3),
+                "C_over_B": round(c["fps"] / b["fps"], 3),
+                "C_in_tasks_over_B_loop": round(c["in_tasks_fps"] / b["loop_fps"], 3),
+            }
+        if args.memory_factor > 1:
+            with tempfile.TemporaryDirectory() as tmp:
+                big = vidspark_run(f"s3://bench/{names[0]}-x{args.memory_factor}", Path(tmp), endpoint, c_extra)
+            small = results["sizes"][names[0]]["C"]
+            results["memory"] = {
+                "input": names[0],
+                "frames": [small["frames"], big["frames"]],
+                "worker_peak_rss_mb": [small["worker_peak_rss_mb"], big["worker_peak_rss_mb"]],
+                "growth": round(big["worker_peak_rss_mb"] / small["worker_peak_rss_mb"], 3),
+                "C_fps_large": big["fps"],
+                "C_in_tasks_fps_large": big["in_tasks_fps"],
+            }
     finally:
         server.stop()
+    results["bench_s"] = round(time.perf_counter() - t_start, 1)
 
     a = results["A"]
     print(f"matmul {results['matmul_gflops']} GFLOP/s -> FLOP bound {results['flop_bound_fps']} frames/s (7.8 GFLOP a frame)")
-    print(f"A  model ceiling float32: {a['fps']} frames/s at batch {a['best_batch']} ({a['fps'] / results['flop_bound_fps']:.2f} of the bound); by batch {a['fps_by_batch']}")
+    print(f"A  model ceiling float32:  {a['fps']} frames/s at batch {a['best_batch']} ({a['over_flop_bound']:.2f} of the bound; target >= 0.75); by batch {a['fps_by_batch']}")
     print(f"A  model ceiling bfloat16: {results['A_bfloat16']['fps']} frames/s at batch {results['A_bfloat16']['best_batch']}")
-    print(f"{'size':>10} {'B fps':>8} {'C fps':>8} {'C/A':>6} {'C/B':>6} {'C job s':>8} {'JVM+start s':>12} {'worker RSS MB':>14}")
+    print(
+        f"{'size':>10} {'B fps':>6} {'B loop':>7} {'C fps':>6} {'C tasks':>8} {'C/A':>5} {'C/A tasks':>9} {'C/B':>5} {'C/B loop':>8} {'C job s':>7} {'JVM s':>6} {'worker MB':>9} {'S3 CPU s B/C':>12}"
+    )
     for name, r in results["sizes"].items():
-        print(f"{name:>10} {r['B_fps']:8.1f} {r['C_fps']:8.1f} {r['C_over_A']:6.2f} {r['C_over_B']:6.2f} {r['C']['job_s']:8.1f} {r['C']['jvm_and_startup_s']:12.1f} {r['C']['worker_peak_rss_mb']:14d}")
+        b, c = r["B"], r["C"]
+        print(
+            f"{name:>10} {b['fps']:6.1f} {b['loop_fps']:7.1f} {c['fps']:6.1f} {c['in_tasks_fps']:8.1f} {r['C_over_A']:5.2f} {r['C_in_tasks_over_A']:9.2f} "
+            f"{r['C_over_B']:5.2f} {r['C_in_tasks_over_B_loop']:8.2f} {c['job_s']:7.1f} {c['jvm_and_startup_s']:6.1f} {c['worker_peak_rss_mb']:9d} "
+            f"{b['s3_server_cpu_s']:5.1f}/{c['s3_server_cpu_s']:<5.1f}"
+        )
+        t = c["tasks"]
+        print(
+            f"{'':>10} C where the time goes: worker start {t.get('tf_import_s_max', 0):.1f} s TF import + {t.get('model_build_s_max', 0):.1f} s build + "
+            f"{t.get('first_call_s_max', 0):.1f} s first call; "
+            f"tasks {t['task_s']:.1f} s: model {t['model_s']:.1f} s, waiting for frames {t['wait_s']:.1f} s; fetch+decode {t.get('decode_s', 0):.1f} thread-s; "
+            f"list {c['timings'].get('list_s', 0):.1f} s, write {c['timings'].get('write_s', 0):.1f} s"
+        )
+    if "memory" in results:
+        m = results["memory"]
+        print(f"worker peak memory: {m['worker_peak_rss_mb'][0]} MB for {m['frames'][0]} frames, {m['worker_peak_rss_mb'][1]} MB for {m['frames'][1]} ({m['growth']:.3f}x)")
+    print(f"bench took {results['bench_s']} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -39,6 +39,8 @@ def test_overrides_are_typed():
         ("input.layout={label/**", "unbalanced brace"),
         ("input.layout=a/**/b**", "must be a whole component"),
         ("predict.window=true", "expected int"),
+        ("featurizer.precision=float8", "allowed: float32, bfloat16, float16"),
+        ("featurizer.xla=maybe", "featurizer.xla"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
@@ -82,3 +84,16 @@ def test_video_sampling_keys_are_validated():
         load_conf(None, ["video.every_n_frames=0"])
     with pytest.raises(ConfigError, match="video.bogus"):
         load_conf(None, ["video.bogus=1"])
+
+
+@pytest.mark.parametrize(
+    "master, cpus",
+    [("local", 1), ("local[2]", 2), ("local[2,4]", 2), ("local[16]", 4), ("local[1]", 1), ("spark://h:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None)],
+)
+def test_local_task_cpus(master, cpus, monkeypatch):
+    """local[N]: featurize tasks of up to 4 cores (one TensorFlow pool each); clusters keep their own spark.task.cpus."""
+    from vidspark.app import local_task_cpus
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert local_task_cpus(master) == cpus
+    assert local_task_cpus("local[*]") == 4

@@ -91,3 +91,124 @@ def test_weights_from_s3_fetched_once_into_cache(small_model, s3_client, bucket,
     x = np.random.default_rng(9).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(featurize_arrays(loaded, x), featurize_arrays(small_model, x), rtol=1e-5, atol=1e-6)
     assert featurizer_id(conf, storage).startswith("resnet50/s3-")
+
+
+def _scenes(n: int, size: int) -> np.ndarray:
+    """Camera-like frames (not noise): mixed precision is judged on what the model really sees."""
+    from vidspark.synthetic import CLASSES, scene
+
+    rng = np.random.default_rng(11)
+    return np.stack([np.asarray(scene(CLASSES[i % len(CLASSES)], rng, size=(160, 120), phase=i / 3).resize((size, size))) for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def float32_featurizer():
+    from vidspark.featurizer import Featurizer
+
+    return Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4))
+
+
+def test_compiled_call_equals_keras_predict_for_any_batch_size(float32_featurizer, small_model):
+    """The tf.function call (one trace for every batch size) gives Keras' own predict_on_batch features."""
+    x = _scenes(7, 64)
+    got = float32_featurizer(x)  # batches of 4 and 3: the partial batch reuses the trace
+    np.testing.assert_allclose(got, featurize_arrays(small_model, x), rtol=1e-4, atol=1e-5)
+    assert got.dtype == np.float32 and got.shape == (7, FEATURE_DIM)
+    assert float32_featurizer(x[:0]).shape == (0, FEATURE_DIM)
+    assert float32_featurizer._fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_features_within_1e_2_of_float32(float32_featurizer, precision):
+    """featurizer.precision: per frame, |f_mixed - f_32| / |f_32| <= 1e-2 (the contract that lets them share a store)."""
+    from vidspark.featurizer import Featurizer
+
+    x = _scenes(8, 64)
+    try:
+        mixed = Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4, precision=precision))
+        got = mixed(x)
+    except Exception as exc:  # a dtype with no CPU kernel here is a platform limit, not a result
+        pytest.skip(f"{precision} does not run on this CPU: {type(exc).__name__}: {exc}")
+    ref = float32_featurizer(x)
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert got.dtype == np.float32
+    assert rel.max() <= 1e-2, rel
+    assert rel.max() > 0  # it really ran in another precision
+    compute = {layer.dtype_policy.compute_dtype for layer in mixed.model.layers if hasattr(layer, "dtype_policy")}
+    assert precision in compute
+    # The global Keras policy is restored: a float32 model built afterwards computes in float32.
+    after = build_model(FeaturizerConf(weights="random", seed=3, image_size=64))
+    assert {layer.dtype_policy.compute_dtype for layer in after.layers if hasattr(layer, "dtype_policy")} == {"float32"}
+
+
+def test_xla_pads_the_last_batch_and_matches_float32(float32_featurizer):
+    from vidspark.featurizer import Featurizer
+
+    x = _scenes(6, 64)
+    xla = Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4, xla=True))
+    got = xla(x)  # 4 + 2 padded to 4
+    assert got.shape == (6, FEATURE_DIM)
+    np.testing.assert_allclose(got, float32_featurizer(x), rtol=1e-3, atol=1e-4)
+
+
+class _FakeConfig:
+    def __init__(self, gpus: list[str], initialised: bool = False) -> None:
+        self.gpus, self.initialised, self.visible, self.growth = gpus, initialised, None, []
+        self.experimental = self
+
+    def list_physical_devices(self, kind: str) -> list[str]:
+        return list(self.gpus) if kind == "GPU" else ["cpu0"]
+
+    def set_visible_devices(self, devices: list[str], kind: str) -> None:
+        if self.initialised:
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+        self.visible = devices
+
+    def set_memory_growth(self, device: str, on: bool) -> None:
+        self.growth.append((device, on))
+
+
+class _FakeTF:
+    def __init__(self, config: _FakeConfig) -> None:
+        self.config = config
+
+
+def test_device_is_the_gpu_spark_assigned():
+    from vidspark.errors import ModelError
+    from vidspark.featurizer import choose_device
+
+    cfg = _FakeConfig(["gpu0", "gpu1", "gpu2"])
+    assert choose_device(_FakeTF(cfg), "2") == "/GPU:0"  # only the task's GPU is visible, as logical 0
+    assert cfg.visible == ["gpu2"] and cfg.growth == [("gpu2", True)]
+    late = _FakeConfig(["gpu0", "gpu1"], initialised=True)
+    assert choose_device(_FakeTF(late), "1") == "/GPU:1"  # runtime already up: physical index
+    with pytest.raises(ModelError, match="assigned GPU 3"):
+        choose_device(_FakeTF(_FakeConfig(["gpu0"])), "3")
+    none = _FakeConfig([])
+    assert choose_device(_FakeTF(none), None) == "/CPU:0"
+    shared = _FakeConfig(["gpu0"])
+    assert choose_device(_FakeTF(shared), None) == "/GPU:0" and shared.growth == [("gpu0", True)] and shared.visible is None
+
+
+def test_task_gpu_reads_the_task_resources(monkeypatch):
+    """The address comes from TaskContext.resources()["gpu"] (Spark's GPU scheduling), None without one."""
+    from pyspark import TaskContext
+    from pyspark.resource import ResourceInformation
+
+    from vidspark.featurizer import task_cpus, task_gpu
+
+    class Ctx:
+        def __init__(self, res: dict) -> None:
+            self.res = res
+
+        def resources(self) -> dict:
+            return self.res
+
+        def cpus(self) -> int:
+            return 3
+
+    assert task_gpu() is None and task_cpus() is None  # not in a task
+    monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: Ctx({"gpu": ResourceInformation("gpu", ["1"])})))
+    assert task_gpu() == "1" and task_cpus() == 3
+    monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: Ctx({})))
+    assert task_gpu() is None

@@ -90,3 +90,42 @@ def test_run_record_counts_videos_and_frames(spark, archive, tmp_path):
     assert per_video["cam1"] == 4 and per_video["cam3"] == 4  # max_frames caps each video
     # 4 videos x 4 frames + 1 still; the truncated AVI reaches its 4 frames before the cut, so no error
     assert s["featurized"] == feats.count() == 17 and s["errors_by_stage"] == {}
+
+
+def test_run_record_says_where_featurize_time_went(spark, tmp_path):
+    """The run record's task timings account for every frame; an errors-free run writes an empty errors table."""
+    import json
+
+    from vidspark.outputs import read_table as read
+
+    rng = np.random.default_rng(9)
+    sink = LocalSink(tmp_path / "in")
+    for i in range(10):
+        sink.put(f"camA/{START + timedelta(seconds=i):%Y%m%dT%H%M%S}.jpg", jpeg_bytes(scene("car", rng, size=(96, 72), phase=i)))
+    out = tmp_path / "out"
+    argv = ["featurize", "--input", str(tmp_path / "in"), "--output", str(out / "features"), "--layout", "{camera_id}/{ts}", "--run-id", "r1"]
+    argv += ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=4", "--set", "featurizer.image_size=64"]
+    assert main(argv, spark=spark) == 0
+    summary = json.loads((out / "runs" / "r1.json").read_text())["summary"]
+    tasks = summary["tasks"]
+    assert summary["featurized"] == 10 and tasks["frames"] == 10
+    assert tasks["tasks"] >= 1 and 0 < tasks["model_s"] <= tasks["task_s"]
+    assert 0 <= tasks["wait_s"] <= tasks["task_s"] and tasks["decode_s"] > 0
+    assert summary["task_slots"] == spark.sparkContext.defaultParallelism  # local[2], spark.task.cpus 1 in the test session
+    assert read(spark, str(out / "errors"), ERRORS_SCHEMA).count() == 0
+
+    # a new corrupt object: one task, no frame, one errors row
+    bad = f"camA/{START + timedelta(seconds=60):%Y%m%dT%H%M%S}.jpg"
+    sink.put(bad, b"not a jpeg")
+    assert main([*argv[:-6], "--run-id", "r2", *argv[-6:]], spark=spark) == 4  # 1 of 11 failed: over max_error_fraction
+    second = json.loads((out / "runs" / "r2.json").read_text())["summary"]
+    assert second["skipped_unchanged"] == 10 and second["featurized"] == 0
+    assert second["errors_by_stage"] == {"decode": 1} and second["tasks"]["frames"] == 0
+    assert read(spark, str(out / "errors"), ERRORS_SCHEMA).count() == 1
+
+    # nothing to do: the warm-up is cancelled, no featurize task runs, the errors table is rewritten empty
+    (tmp_path / "in" / bad).unlink()
+    assert main([*argv[:-6], "--run-id", "r3", *argv[-6:]], spark=spark) == 0
+    third = json.loads((out / "runs" / "r3.json").read_text())["summary"]
+    assert third["skipped_unchanged"] == 10 and third["work_units"] == 0 and "frames" not in third["tasks"]
+    assert read(spark, str(out / "errors"), ERRORS_SCHEMA).count() == 0

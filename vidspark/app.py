@@ -64,6 +64,23 @@ def check_java() -> None:
         raise EnvironmentProblem(f"{java} is Java {major or 'unknown'}; PySpark needs Java {MIN_JAVA} or newer: install openjdk-17 and set JAVA_HOME")
 
 
+def local_task_cpus(master: str) -> int | None:
+    """``spark.task.cpus`` for a ``local[N]`` master: tasks of up to 4 cores.
+
+    A featurize task runs one TensorFlow thread pool of ``spark.task.cpus`` threads and builds the
+    model once per Python worker. One task per core would start N workers (N model builds, N × 1.4
+    GB) that each see one core; one task of all cores scales TensorFlow poorly past a few threads.
+    4 is the middle: 2 cores give one task of 2, 16 cores four tasks of 4.
+    """
+    m = re.fullmatch(r"local\[(\*|\d+)(?:,\s*\d+)?\]|local", master.strip())
+    if not m:
+        return None
+    if m.group(1) is None:  # plain "local": one core
+        return 1
+    n = (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
+    return max(1, min(4, n))
+
+
 def build_session(app_name: str, *, master: str | None, spark_conf: Mapping[str, Any]) -> Any:
     """Build (or get) the SparkSession for a job.
 
@@ -80,6 +97,9 @@ def build_session(app_name: str, *, master: str | None, spark_conf: Mapping[str,
             # Local workers must run this interpreter (the venv), not whatever python3 is on PATH.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            cpus = local_task_cpus(master)
+            if cpus and "spark.task.cpus" not in spark_conf:
+                builder = builder.config("spark.task.cpus", str(cpus))
     for key, value in spark_conf.items():
         builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
     spark = builder.getOrCreate()

@@ -61,6 +61,9 @@ class FeaturizerConf:
     max_image_pixels: int = 89_478_485
     decode_timeout_s: float = 120.0
     cache_dir: str | None = None
+    precision: str = "float32"
+    xla: bool = False
+    warm_up: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "storage.addressing_style": ("auto", "virtual", "path"),
     "storage.retry_mode": ("standard", "adaptive", "legacy"),
     "featurizer.backbone": ("resnet50",),
+    "featurizer.precision": ("float32", "bfloat16", "float16"),
 }
 # (minimum, maximum) inclusive; None is unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {

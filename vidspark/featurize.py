@@ -17,18 +17,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date as date_cls
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
+from pyspark import AccumulatorParam, InheritableThread, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from vidspark.config import Conf, FeaturizerConf, StorageConf, VideoConf
-from vidspark.featurizer import cached_model, featurize_arrays, featurizer_id
+from vidspark.featurizer import cached_model, featurize_arrays, featurizer_id, model_is_cached
 from vidspark.imaging import decode_image
 from vidspark.layout import Layout, LayoutMismatch, natural_key
 from vidspark.outputs import partition_path, read_table, recover_table, replace_partitions, sibling, table_exists, write_table
@@ -206,10 +205,13 @@ def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, v
     return _load_one(row["uri"], row["etag"], fconf, sconf)
 
 
-def _timed_load(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf, started: dict[int, float], token: int) -> Loaded | str:
-    """Load one image (or sniff an extension-less object), noting when a fetch thread started on it."""
-    started[token] = time.monotonic()
-    return _load_auto(row, fconf, sconf, vconf) if row["kind"] == "auto" else _load_one(row["uri"], row["etag"], fconf, sconf)
+def _timed_load(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf, started: dict[int, float], token: int, durations: list[float]) -> Loaded | str:
+    """Load one image (or sniff an extension-less object), noting when a fetch thread started on it and how long it took."""
+    started[token] = t0 = time.monotonic()
+    try:
+        return _load_auto(row, fconf, sconf, vconf) if row["kind"] == "auto" else _load_one(row["uri"], row["etag"], fconf, sconf)
+    finally:
+        durations.append(time.monotonic() - t0)  # list.append is atomic: no lock between fetch threads
 
 
 def _opt_int(value: Any) -> int | None:
@@ -273,6 +275,67 @@ def make_plan_fn(vconf: VideoConf, sconf: StorageConf) -> Any:
     return plan_partition
 
 
+class TaskStats(AccumulatorParam):  # type: ignore[type-arg]
+    """Spark accumulator of featurize task timings: keys ending in ``_max`` keep the maximum, others add up.
+
+    Per task: ``tasks``, ``frames``, ``task_s`` (whole task), ``startup_s_max`` (task start to the
+    model's first call: model build in a fresh worker, the first batch's fetches), ``model_s`` (in model calls),
+    ``wait_s`` (model thread waiting for frames: fetch/decode could not keep up), ``decode_s``
+    (fetch and decode of images, summed over threads; videos decode in the producer thread).
+    """
+
+    def zero(self, value: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def addInPlace(self, a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        for k, v in b.items():
+            a[k] = max(a.get(k, 0.0), v) if k.endswith("_max") else a.get(k, 0.0) + v
+        return a
+
+
+def _warm(fconf: FeaturizerConf, sconf: StorageConf, stats: Any) -> Any:
+    def warm_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for _ in batches:
+            pass
+        fresh = not model_is_cached(fconf, sconf)
+        model = cached_model(fconf, sconf)
+        if fresh:
+            stats.add({"workers_warmed": 1.0, "tf_import_s_max": model.import_s, "model_build_s_max": model.build_s, "first_call_s_max": model.warm_s})
+        yield pd.DataFrame({"pid": [os.getpid()]})
+
+    return warm_partition
+
+
+class WarmUp:
+    """Build the model in every Python worker slot while the driver lists the input.
+
+    A background Spark job of one task per slot; workers are reused (``spark.python.worker.reuse``),
+    so the featurize tasks that follow find the model built. Failures only cost the overlap.
+    """
+
+    def __init__(self, spark: SparkSession, fconf: FeaturizerConf, sconf: StorageConf, run_id: str, stats: Any) -> None:
+        self.spark = spark
+        self.group = f"vidspark-warm-up-{run_id}"
+        cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
+        slots = max(1, spark.sparkContext.defaultParallelism // max(1, cpus))
+        df = spark.range(0, slots, 1, slots).mapInPandas(_warm(fconf, sconf, stats), schema="pid long")
+
+        def job() -> None:
+            spark.sparkContext.setJobGroup(self.group, "vidspark: build the featurizer in each Python worker", interruptOnCancel=False)
+            try:
+                df.collect()
+            except Exception as exc:  # cancelled, or a model that cannot load: featurize will say so itself
+                logger.debug("warm-up ended: %s", exc)
+
+        self.thread = InheritableThread(target=job, name="vidspark-warm-up", daemon=True)
+        self.thread.start()
+
+    def cancel(self) -> None:
+        """Nothing to featurize: stop the warm-up job."""
+        self.spark.sparkContext.cancelJobGroup(self.group)
+        self.thread.join(timeout=30)
+
+
 class _Stopped(Exception):
     """The consumer went away; the producer thread ends quietly."""
 
@@ -280,7 +343,7 @@ class _Stopped(Exception):
 _DONE = object()
 
 
-def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, session_tz: str = "UTC") -> Any:
+def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None) -> Any:
     """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
 
     A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
@@ -291,9 +354,12 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
     vconf = vconf or VideoConf()
 
     def featurize_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        t_task = time.perf_counter()
         work = [r for pdf in batches for r in pdf.to_dict("records")]  # metadata only, a few hundred bytes a row
         if not work:
             return
+        timing = {"tasks": 1.0, "frames": 0.0, "model_s": 0.0, "wait_s": 0.0}
+        durations: list[float] = []  # fetch + decode of each image, from the pool threads
         frames: queue.Queue[Any] = queue.Queue(maxsize=max(2, fconf.batch_size))
         stop = threading.Event()
 
@@ -361,7 +427,7 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                             emit_video(row)
                             continue
                         token = id(row)  # rows live as long as the task
-                        pending[pool.submit(_timed_load, row, fconf, sconf, vconf, started, token)] = (row, token)
+                        pending[pool.submit(_timed_load, row, fconf, sconf, vconf, started, token, durations)] = (row, token)
                         drain(lookahead)
                     drain(0)
                 finally:
@@ -381,12 +447,15 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
             batch: list[tuple[dict[str, Any], np.ndarray]] = []
             failed: list[dict[str, Any]] = []
             while True:
+                t_wait = time.perf_counter()
                 try:
                     item = frames.get(timeout=1.0)
                 except queue.Empty:
                     if not producer.is_alive():
                         raise RuntimeError("the frame producer thread ended without finishing") from None
                     continue
+                finally:
+                    timing["wait_s"] += time.perf_counter() - t_wait
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
@@ -397,10 +466,15 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                 else:
                     batch.append((ident, pixels))
                 if len(batch) >= fconf.batch_size:
-                    yield _run_model(batch, failed, fconf, sconf, fid)
+                    yield _run_model(batch, failed, fconf, sconf, fid, timing, t_task)
                     batch, failed = [], []
             if batch or failed:
-                yield _run_model(batch, failed, fconf, sconf, fid)
+                yield _run_model(batch, failed, fconf, sconf, fid, timing, t_task)
+            timing["task_s"] = time.perf_counter() - t_task
+            timing["decode_s"] = float(sum(durations))
+            timing.setdefault("startup_s_max", timing["task_s"])
+            if stats is not None:
+                stats.add(timing)
         finally:
             stop.set()
             producer.join(timeout=30)
@@ -408,13 +482,19 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
     return featurize_partition
 
 
-def _run_model(batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str) -> pd.DataFrame:
+def _run_model(
+    batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str, timing: dict[str, float], t_task: float
+) -> pd.DataFrame:
     """Features for a batch of decoded frames, plus the error rows gathered alongside it."""
     records = []
     if batch:
         model = cached_model(fconf, sconf)  # a model that cannot load fails the task: no row could succeed
+        t0 = time.perf_counter()
         try:
             feats = featurize_arrays(model, np.stack([px for _, px in batch]), batch_size=fconf.batch_size)
+            timing["model_s"] += time.perf_counter() - t0
+            timing["frames"] += len(batch)
+            timing.setdefault("startup_s_max", t0 - t_task)
             bad = ~np.isfinite(feats).all(axis=1)
             for (ident, _), vec, nonfinite in zip(batch, feats, bad, strict=True):
                 if nonfinite:
@@ -429,7 +509,9 @@ def _run_model(batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict
     return out
 
 
-def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None, session_tz: str = "UTC") -> DataFrame:
+def with_features(
+    work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None, session_tz: str = "UTC", stats: Any | None = None
+) -> DataFrame:
     """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
     Parameters
@@ -442,6 +524,8 @@ def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageCo
         Featurizer id written with every features row.
     num_tasks
         Repartition to this many tasks first (None keeps the partitioning).
+    stats
+        A :class:`TaskStats` accumulator that each task adds its timings to.
 
     Returns
     -------
@@ -449,7 +533,7 @@ def with_features(work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageCo
         ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
     """
     df = work_df.repartition(num_tasks) if num_tasks else work_df
-    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf, session_tz), schema=FEATURIZE_RESULT_SCHEMA)
+    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf, session_tz, stats), schema=FEATURIZE_RESULT_SCHEMA)
 
 
 def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:
@@ -545,7 +629,18 @@ def featurize(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     conf = with_driver_endpoint(conf)
-    inventory = list_inventory(input_uri, conf, s3_client=s3_client, selection=selection)  # fails fast, before any Spark work
+    location = parse_uri(input_uri)
+    client = (s3_client or make_s3_client(conf.storage)) if location.scheme == "s3" else None
+    check_readable(location, client)  # fails fast, before any Spark work
+    # The model builds in the executors' Python workers (seconds) while the driver lists (minutes on a big archive).
+    stats = spark.sparkContext.accumulator({}, TaskStats())
+    warm = WarmUp(spark, conf.featurizer, conf.storage, run_id, stats) if conf.featurizer.warm_up else None
+    try:
+        inventory = list_inventory(input_uri, conf, s3_client=client, selection=selection)
+    except BaseException:
+        if warm is not None:
+            warm.cancel()
+        raise
     recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
     fid = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
     timings["list_s"] = time.perf_counter() - t0
@@ -594,26 +689,33 @@ def featurize(
 
     t1 = time.perf_counter()
     errors_df = errors_frame(spark, driver_errors, run_id)
-    featurized, featurized_objects, new_parts = 0, 0, set()
+    featurized, featurized_objects, new_parts, task_errors = 0, 0, set(), 0
     ok_uris: set[str] = set()
     result_df = None
     if len(work):
         work_df = spark.createDataFrame(_with_nullable_ints(work), schema=WORK_SCHEMA)
         n_still = int((work["kind"] != "video").sum())
-        num_tasks = min(len(work), max(parallelism, math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
+        slots = max(1, parallelism // int(spark.conf.get("spark.task.cpus", "1") or 1))  # featurize tasks Spark runs at once
+        num_tasks = min(len(work), max(slots, math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
         session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=fid, num_tasks=num_tasks, session_tz=session_tz)
+        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=fid, num_tasks=num_tasks, session_tz=session_tz, stats=stats)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
+    elif warm is not None:
+        warm.cancel()
     try:
         if result_df is not None:
             ok_df = result_df.where(F.col("stage").isNull())
-            stats = ok_df.groupBy("camera_id", "date").agg(F.count("*").alias("n"), F.countDistinct("uri").alias("objects")).collect()
-            new_parts = {(r["camera_id"], r["date"].isoformat()) for r in stats}
-            featurized = sum(int(r["n"]) for r in stats)
-            ok_uris = {r["uri"] for r in ok_df.select("uri").distinct().collect()} if stats else set()
+            # One action computes the cached result and gives partitions, frame counts, objects and whether any failed.
+            grouped = result_df.groupBy("camera_id", "date", "uri", F.col("stage").isNotNull().alias("failed")).count().collect()
+            per_object = [r for r in grouped if not r["failed"]]
+            task_errors = len(grouped) - len(per_object)
+            new_parts = {(r["camera_id"], r["date"].isoformat()) for r in per_object}
+            featurized = sum(int(r["count"]) for r in per_object)
+            ok_uris = {r["uri"] for r in per_object}
             featurized_objects = len(ok_uris)
             timings["featurize_s"] = time.perf_counter() - t1
-            errors_df = errors_df.unionByName(result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
+            if task_errors:
+                errors_df = errors_df.unionByName(result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
         drop_uris = (ok_uris & known) | changed | pruned
         dropped = existing["uri"].isin(drop_uris)
         affected = sorted(new_parts | set(zip(existing.loc[dropped, "camera_id"], existing.loc[dropped, "date"], strict=True)))
@@ -623,7 +725,7 @@ def featurize(
                 on_partitions(affected)
             merged_df = _merged_features(spark, output, new_df=ok_df.select(*FEATURES_SCHEMA.fieldNames()) if result_df is not None else None, affected=affected, drop_uris=drop_uris)
             replace_partitions(spark, merged_df, output, run_id=run_id, scope=[partition_path(c, d) for c, d in affected])
-        counts = _write_errors(errors_df, errors_output)
+        counts = _write_errors(errors_df, errors_output, empty=not driver_errors and not task_errors)
         timings["write_s"] = time.perf_counter() - t2
     finally:
         if result_df is not None:
@@ -648,6 +750,8 @@ def featurize(
         "error_fraction": (n_errors / inventory.listed) if inventory.listed else 0.0,
         "partitions": [{"camera_id": c, "date": d} for c, d in affected],
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "tasks": {k: round(v, 3) for k, v in sorted(stats.value.items())},
+        "task_slots": max(1, parallelism // int(spark.conf.get("spark.task.cpus", "1") or 1)),
     }
     logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", featurized, featurized_objects, skipped)
     logger.info("featurize errors: %d objects %s", n_errors, summary["errors_by_stage"])
@@ -656,13 +760,14 @@ def featurize(
 
 def _merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | None, affected: list[tuple[str, str]], drop_uris: set[str]) -> DataFrame:
     """New rows plus the rows already in the affected partitions that stay (not replaced, not pruned)."""
-    parts_df = spark.createDataFrame([(c, date_cls.fromisoformat(d)) for c, d in affected], schema="camera_id string, date date")
+    # A filter on a hash set of partition keys, not a join: no broadcast job, and the Parquet reader prunes partitions.
+    in_affected = F.concat_ws("\u0000", F.col("camera_id"), F.col("date").cast("string")).isin([f"{c}\u0000{d}" for c, d in affected])
     if new_df is not None:  # a recomputed cache must not bring rows of partitions nobody planned to rewrite
-        new_df = new_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi").select(*FEATURES_SCHEMA.fieldNames())
+        new_df = new_df.where(in_affected).select(*FEATURES_SCHEMA.fieldNames())
     if not table_exists(spark, output):
         assert new_df is not None
         return new_df
-    keep_df = read_table(spark, output, FEATURES_SCHEMA).join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi")
+    keep_df = read_table(spark, output, FEATURES_SCHEMA).where(in_affected)
     if drop_uris:
         drop_df = spark.createDataFrame([(u,) for u in sorted(drop_uris)], schema="uri string")
         keep_df = keep_df.join(F.broadcast(drop_df), "uri", "left_anti")
@@ -678,8 +783,15 @@ def _with_nullable_ints(pdf: pd.DataFrame) -> pd.DataFrame:
     return pdf
 
 
-def _write_errors(errors_df: DataFrame, path: str) -> dict[str, int]:
-    """Write one errors row per object (a video's segments joined; its earliest stage in the pipeline wins); returns counts by stage."""
+def _write_errors(errors_df: DataFrame, path: str, *, empty: bool = False) -> dict[str, int]:
+    """Write one errors row per object (a video's segments joined; its earliest stage in the pipeline wins); returns counts by stage.
+
+    ``empty``: nothing failed (the caller knows from its own counts), so the table is written empty
+    without the aggregation and counting jobs.
+    """
+    if empty:
+        write_table(errors_df.limit(0), path)
+        return {}
     order = F.when(F.col("stage") == "layout", 0).when(F.col("stage") == "fetch", 1).when(F.col("stage") == "decode", 2).otherwise(3)
     agg_df = (
         errors_df.withColumn("_order", order)

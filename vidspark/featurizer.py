@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,61 @@ def _seeded_init(model: Any, seed: int) -> None:
             var.assign(np.zeros(shape, np.float32))
 
 
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def task_cpus() -> int | None:
+    """CPUs Spark gave the running task (``spark.task.cpus``), or None outside a Spark task."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        return None
+    ctx = TaskContext.get()
+    return int(ctx.cpus()) if ctx is not None else None
+
+
+def task_gpu() -> str | None:
+    """Address of the GPU Spark assigned to the running task (``TaskContext.resources()["gpu"]``), or None."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # pragma: no cover
+        return None
+    ctx = TaskContext.get()
+    if ctx is None:
+        return None
+    gpu = ctx.resources().get("gpu")
+    return gpu.addresses[0] if gpu is not None and gpu.addresses else None
+
+
+def choose_device(tf: Any, gpu_address: str | None) -> str:
+    """Make only the task's GPU visible (memory growth on) and return the TensorFlow device to run on.
+
+    Spark's addresses are the machine's GPU indices (as the discovery script lists them). Restricting
+    visibility must happen before TensorFlow initialises its GPUs; if this process already did, the
+    physical index is used as the logical one. No GPU assigned: TensorFlow's default placement.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpu_address is None or not gpus:
+        for gpu in gpus:
+            with contextlib.suppress(RuntimeError):
+                tf.config.experimental.set_memory_growth(gpu, True)
+        return "/GPU:0" if gpus else "/CPU:0"
+    index = int(gpu_address)
+    if index >= len(gpus):
+        raise ModelError(f"Spark assigned GPU {gpu_address} but this process sees {len(gpus)} GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    try:
+        tf.config.set_visible_devices([gpus[index]], "GPU")
+        tf.config.experimental.set_memory_growth(gpus[index], True)
+        return "/GPU:0"
+    except RuntimeError:  # runtime already initialised with every GPU visible: logical index = physical index
+        return f"/GPU:{index}"
+
+
 def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any:
     """Build ResNet50 (no top, global average pooling, 2048 outputs) with the configured weights.
+
+    ``conf.precision`` other than float32 builds it under Keras' mixed policy (float32 variables,
+    bfloat16 or float16 compute).
 
     Raises
     ------
@@ -121,13 +175,20 @@ def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any
     """
     import tensorflow as tf
 
-    if conf.threads > 0:
+    threads = conf.threads or task_cpus() or 0
+    if threads > 0:
         with contextlib.suppress(RuntimeError):  # already initialised in this process: keep what it has
-            tf.config.threading.set_intra_op_parallelism_threads(conf.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, conf.threads)))
-    for gpu in tf.config.list_physical_devices("GPU"):
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1 if threads <= 2 else 2)
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(_POLICIES[conf.precision])
+    try:
+        return _build(tf, conf, storage)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def _build(tf: Any, conf: FeaturizerConf, storage: StorageConf | None) -> Any:
     shape = (conf.image_size, conf.image_size, 3)
     w = conf.weights
     if w == "random":
@@ -150,14 +211,70 @@ def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any
         raise ModelError(f"cannot load ResNet50 weights from {w!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any:
-    """The model for ``conf``, built at most once per Python worker process."""
-    key = (os.getpid(), conf, storage)
+class Featurizer:
+    """A built model and its compiled call, on one device: uint8 frames in, float32 features out.
+
+    The call is one ``tf.function`` traced once for any batch size (XLA: batches are padded to
+    ``batch_size``, because XLA compiles one program per shape).
+    """
+
+    def __init__(self, conf: FeaturizerConf, storage: StorageConf | None = None, *, gpu_address: str | None = None) -> None:
+        import tensorflow as tf
+
+        t0 = time.perf_counter()
+        self.conf = conf
+        self.import_s = 0.0
+        self.device = choose_device(tf, gpu_address)
+        with tf.device(self.device):
+            self.model = build_model(conf, storage)
+        spec = tf.TensorSpec((None, conf.image_size, conf.image_size, 3), tf.float32)
+        model = self.model
+        self._fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), input_signature=[spec], jit_compile=conf.xla)
+        self._tf = tf
+        self.build_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self(np.zeros((min(conf.batch_size, 2) if not conf.xla else conf.batch_size, conf.image_size, conf.image_size, 3), np.uint8))
+        self.warm_s = time.perf_counter() - t1  # tracing and graph optimisation of the first call
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features of uint8 ``(n, s, s, 3)`` images, in batches of ``conf.batch_size``."""
+        bs = self.conf.batch_size
+        if len(images) == 0:
+            return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+        out = []
+        with self._tf.device(self.device):
+            for start in range(0, len(images), bs):
+                chunk = preprocess(images[start : start + bs])
+                n = len(chunk)
+                if self.conf.xla and n < bs:
+                    chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.float32)])
+                out.append(self._fn(self._tf.constant(chunk)).numpy()[:n])
+        return np.concatenate(out, axis=0)
+
+
+def model_is_cached(conf: FeaturizerConf, storage: StorageConf | None = None) -> bool:
+    """Whether this Python worker already built the featurizer for ``conf`` (and this task's GPU)."""
+    with _LOCK:
+        return (os.getpid(), conf, storage, task_gpu()) in _MODELS
+
+
+def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Featurizer:
+    """The featurizer for ``conf`` on this task's GPU (if any), built at most once per Python worker process.
+
+    A new one carries ``import_s``, ``build_s`` and ``warm_s`` (TensorFlow import, model build, first call).
+    """
+    gpu = task_gpu()
+    key = (os.getpid(), conf, storage, gpu)
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            logger.info("building %s featurizer in pid %d", conf.backbone, os.getpid())
-            model = _MODELS[key] = build_model(conf, storage)
+            logger.info("building %s featurizer in pid %d (gpu %s)", conf.backbone, os.getpid(), gpu)
+            t0 = time.perf_counter()
+            import tensorflow  # noqa: F401  (timed apart: the largest part of a fresh worker's start)
+
+            import_s = time.perf_counter() - t0
+            model = _MODELS[key] = Featurizer(conf, storage, gpu_address=gpu)
+            model.import_s = import_s
         return model
 
 
@@ -169,7 +286,9 @@ def preprocess(batch: np.ndarray) -> np.ndarray:
 
 
 def featurize_arrays(model: Any, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-    """Run uint8 ``(n, s, s, 3)`` images through the model in batches; ``(n, 2048)`` float32 out."""
+    """Run uint8 ``(n, s, s, 3)`` images through a Keras model in batches; ``(n, 2048)`` float32 out."""
+    if isinstance(model, Featurizer):
+        return model(images)
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
     out = []

@@ -56,9 +56,13 @@ class TrainedModel:
         return predict_proba(self.booster(), X, len(self.classes))
 
 
-def predict_proba(booster: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """Booster output as an ``(n, n_classes)`` probability matrix (binary models give one column)."""
-    raw = np.asarray(booster.predict(X), dtype=np.float64)
+def predict_proba(booster: Any, X: np.ndarray, n_classes: int, *, num_threads: int = 0) -> np.ndarray:
+    """Booster output as an ``(n, n_classes)`` probability matrix (binary models give one column).
+
+    ``num_threads`` 0 lets LightGBM (OpenMP) use every core; a Spark task passes its own CPUs, or
+    concurrent Python workers each spin up all cores' worth of OpenMP threads and slow each other down.
+    """
+    raw = np.asarray(booster.predict(X, num_threads=num_threads) if num_threads else booster.predict(X), dtype=np.float64)
     if n_classes == 2:
         raw = raw.reshape(-1)
         return np.column_stack([1.0 - raw, raw])

@@ -23,6 +23,7 @@ from pyspark.sql import types as T
 
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
+from vidspark.featurizer import task_cpus
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
 from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists, write_json
 from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA
@@ -79,7 +80,7 @@ def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int,
         X = np.stack(features.to_numpy()).astype(np.float32, copy=False)
         if X.shape[1] != feature_dim:
             raise ValueError(f"features have {X.shape[1]} values per frame, the model expects {feature_dim}")
-        proba = predict_proba(_booster_for(model_bc.value), X, n_classes)
+        proba = predict_proba(_booster_for(model_bc.value), X, n_classes, num_threads=task_cpus() or 1)
         return pd.Series(list(proba))
 
     return features_df.withColumn("probabilities", proba_udf(F.col("features")))

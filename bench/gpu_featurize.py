@@ -1,0 +1,113 @@
+"""Featurization on one GPU: model ceiling (A) and ``vidspark featurize`` (C) at batch sizes 64-512.
+
+Run on a machine with an NVIDIA GPU and a CUDA build of TensorFlow:
+``python bench/gpu_featurize.py [--per-size 2000] [--batch-sizes 64,128,256,512]``.
+Not part of ``make bench`` (which runs on the CPU); exits with status 2 and says so when
+TensorFlow sees no GPU.
+
+- **A**: vidspark's compiled ResNet50 call on decoded 224x224 frames, per batch size, in float32 and
+  in mixed precision (float16 and bfloat16), optionally XLA (``--xla``);
+- **C**: ``vidspark featurize`` on ``local[*]`` from a local S3 server (JPEGs, 640x480 and 1920x1080),
+  per batch size and precision, with where the time goes from the run record's task timings:
+  time in model calls, time the model thread waited for frames (decode could not keep up), and
+  fetch+decode time summed over the fetch threads.
+
+Writes ``bench/results/gpu_featurize.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def gpu_name() -> str | None:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return str(details.get("device_name", "GPU"))
+
+
+def ceiling(batch: int, precision: str, xla: bool, n_frames: int) -> float:
+    from vidspark.config import FeaturizerConf
+    from vidspark.featurizer import Featurizer
+
+    model = Featurizer(FeaturizerConf(weights="random", batch_size=batch, precision=precision, xla=xla))
+    frames = np.random.default_rng(0).integers(0, 256, size=(batch, 224, 224, 3), dtype=np.uint8)
+    model(frames)
+    t0 = time.perf_counter()
+    done = 0
+    while done < n_frames:
+        model(frames)  # returns numpy: includes the device-to-host copy, as featurize does
+        done += batch
+    return round(done / (time.perf_counter() - t0), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import featurize as fb  # bench/featurize.py: the archive, server and C runner are shared
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-size", type=int, default=2000)
+    parser.add_argument("--sizes", default="640x480,1920x1080")
+    parser.add_argument("--batch-sizes", default="64,128,256,512")
+    parser.add_argument("--precisions", default="float32,float16,bfloat16")
+    parser.add_argument("--xla", action="store_true", help="also measure A with XLA")
+    parser.add_argument("--fetch-threads", type=int, default=16)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_featurize.json"))
+    args = parser.parse_args(argv)
+    name = gpu_name()
+    if name is None:
+        print("gpu_featurize: TensorFlow sees no GPU here (CPU-only build or no device); nothing measured", file=sys.stderr)
+        return 2
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    precisions = args.precisions.split(",")
+    results: dict[str, Any] = {"gpu": name, "A": {}, "C": {}}
+    for p in precisions:
+        for bs in batches:
+            results["A"][f"{p}/{bs}"] = ceiling(bs, p, False, n_frames=max(20 * bs, 2000))
+            if args.xla:
+                results["A"][f"{p}/{bs}/xla"] = ceiling(bs, p, True, n_frames=max(20 * bs, 2000))
+            print(f"A {p:>9} batch {bs:>4}: {results['A'][f'{p}/{bs}']} frames/s", flush=True)
+
+    server, endpoint, names = fb.serve_archive([tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")], args.per_size)
+    try:
+        for size in names:
+            for p in precisions:
+                for bs in batches:
+                    extra = ["--layout", "{label}/**", "--set", f"featurizer.batch_size={bs}", "--set", f"featurizer.precision={p}", "--set", f"featurizer.fetch_threads={args.fetch_threads}"]
+                    with tempfile.TemporaryDirectory() as tmp:
+                        c = fb.vidspark_run(f"s3://bench/{size}", Path(tmp), endpoint, extra, gpu=True)
+                    t = c["tasks"]
+                    results["C"][f"{size}/{p}/{bs}"] = c
+                    print(
+                        f"C {size:>9} {p:>9} batch {bs:>4}: {c['fps']} frames/s end to end, {c['in_tasks_fps']} in tasks; "
+                        f"model {t['model_s']:.1f} s, waiting for frames {t['wait_s']:.1f} s, fetch+decode {t.get('decode_s', 0):.1f} thread-s",
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Spark resource discovery script for GPUs (spark.executor.resource.gpu.discoveryScript,
+# spark.worker.resource.gpu.discoveryScript): prints {"name": "gpu", "addresses": ["0", ...]}.
+# Addresses are nvidia-smi indices; vidspark makes only the task's GPU visible to TensorFlow.
+# Honours CUDA_VISIBLE_DEVICES when a container runtime already narrowed the devices.
+set -euo pipefail
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+  IFS=',' read -r -a ids <<< "$CUDA_VISIBLE_DEVICES"
+  addresses=$(seq -s, 0 $((${#ids[@]} - 1)) | sed 's/\([0-9]\+\)/"\1"/g')
+elif command -v nvidia-smi > /dev/null; then
+  addresses=$(nvidia-smi --query-gpu=index --format=csv,noheader | tr -d ' ' | sed 's/.*/"&"/' | paste -sd, -)
+else
+  echo "get_gpus_resources.sh: nvidia-smi not found and CUDA_VISIBLE_DEVICES unset" >&2
+  exit 1
+fi
+echo "{\"name\": \"gpu\", \"addresses\": [${addresses}]}"
