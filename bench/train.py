@@ -1,6 +1,6 @@
 """Training and prediction throughput, against a plain LightGBM baseline measured in the same run.
 
-Run: ``python bench/train.py [--rows 10000,20000,100000] [--baseline-rows 10000]`` (``make bench-train``).
+Run: ``python bench/train.py [--rows 5000,20000,100000] [--baseline-rows 5000]`` (``make bench-train``).
 
 Synthetic labeled features with structure (3 classes, videos of 20 frames, 2048 non-negative
 values from a 32-dimensional latent, like pooled CNN features), grouped 5-fold CV and final fit:
@@ -155,8 +155,8 @@ def predict_throughput(rows: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default="10000,20000,100000")
-    parser.add_argument("--baseline-rows", default="10000", help="sizes also run the plain-LightGBM way (slow)")
+    parser.add_argument("--rows", default="5000,20000,100000")
+    parser.add_argument("--baseline-rows", default="5000", help="sizes also run the plain-LightGBM way (slow)")
     parser.add_argument("--rounds", type=int, default=400, help="num_boost_round (early stopping after 30 without gain)")
     parser.add_argument("--predict-rows", type=int, default=50000)
     parser.add_argument("--one", nargs=2, metavar=("MODE", "ROWS"), help=argparse.SUPPRESS)
