@@ -104,10 +104,6 @@ for k, v in (raw.get("spark") or {}).items():
 PY
   )
 fi
-if [ "$gpu" = 1 ]; then  # the GPU discovery script travels with the job (YARN: container working directory)
-  if [ ${#files[@]} -eq 0 ]; then files=(--files "$here/scripts/get_gpus_resources.sh"); else files[1]="${files[1]},$here/scripts/get_gpus_resources.sh"; fi
-fi
-
 master="${SPARK_MASTER:-local[*]}"
 if [[ "$master" == local* ]] && [ -z "${PYSPARK_PYTHON:-}" ]; then
   export PYSPARK_PYTHON="$python"  # embedded runs: driver and workers on the same interpreter as the zip was made for

@@ -5,7 +5,8 @@ Run on a machine with an NVIDIA GPU and a CUDA build of TensorFlow:
 Not part of ``make bench`` (which runs on the CPU); exits with status 2 and says so when
 TensorFlow sees no GPU.
 
-- **A**: vidspark's compiled ResNet50 call on decoded 224x224 frames, per batch size, in float32 and
+- **A** (measured after C, so that this process's model does not hold GPU memory while C's
+  workers run): vidspark's compiled ResNet50 call on decoded 224x224 frames, per batch size, in float32 and
   in mixed precision (float16 and bfloat16), optionally XLA (``--xla``);
 - **C**: ``vidspark featurize`` on ``local[*]`` from a local S3 server (JPEGs, 640x480 and 1920x1080),
   per batch size and precision, with where the time goes from the run record's task timings:
@@ -78,13 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     precisions = args.precisions.split(",")
     results: dict[str, Any] = {"gpu": name, "A": {}, "C": {}}
-    for p in precisions:
-        for bs in batches:
-            results["A"][f"{p}/{bs}"] = ceiling(bs, p, False, n_frames=max(20 * bs, 2000))
-            if args.xla:
-                results["A"][f"{p}/{bs}/xla"] = ceiling(bs, p, True, n_frames=max(20 * bs, 2000))
-            print(f"A {p:>9} batch {bs:>4}: {results['A'][f'{p}/{bs}']} frames/s", flush=True)
-
     server, endpoint, names = fb.serve_archive([tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")], args.per_size)
     try:
         for size in names:
@@ -102,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
     finally:
         server.stop()
+    for p in precisions:
+        for bs in batches:
+            results["A"][f"{p}/{bs}"] = ceiling(bs, p, False, n_frames=max(20 * bs, 2000))
+            if args.xla:
+                results["A"][f"{p}/{bs}/xla"] = ceiling(bs, p, True, n_frames=max(20 * bs, 2000))
+            print(f"A {p:>9} batch {bs:>4}: {results['A'][f'{p}/{bs}']} frames/s", flush=True)
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

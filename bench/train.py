@@ -71,7 +71,7 @@ def run_one(mode: str, rows: int, rounds: int) -> dict[str, Any]:
         t_cv = time.perf_counter() - t0
         final_rounds = max(1, int(np.median(cv["best_iterations"])))
         t1 = time.perf_counter()
-        fit_booster(cv["params"], X, y, num_boost_round=final_rounds)
+        fit_booster(cv["params"], None, None, num_boost_round=final_rounds, train_set=cv.pop("dataset"))  # as vidspark train does
         t_fit = time.perf_counter() - t1
         accuracy, best = cv["overall_out_of_fold"]["accuracy"], cv["best_iterations"]
     else:  # the notebook way: defaults, float64, a Dataset per fold

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Spark resource discovery script for GPUs (spark.executor.resource.gpu.discoveryScript,
 # spark.worker.resource.gpu.discoveryScript): prints {"name": "gpu", "addresses": ["0", ...]}.
-# Addresses are nvidia-smi indices; vidspark makes only the task's GPU visible to TensorFlow.
+# Addresses are nvidia-smi indices (PCI bus order; conf/gpu.yaml sets CUDA_DEVICE_ORDER=PCI_BUS_ID so
+# TensorFlow numbers them the same way); vidspark places each task's model on the GPU it was assigned.
 # Honours CUDA_VISIBLE_DEVICES when a container runtime already narrowed the devices.
 set -euo pipefail
-if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+if [ "${CUDA_VISIBLE_DEVICES:-}" = "-1" ] || [ "${CUDA_VISIBLE_DEVICES-unset}" = "" ]; then
+  addresses=""  # devices hidden on purpose: no GPUs
+elif [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
   IFS=',' read -r -a ids <<< "$CUDA_VISIBLE_DEVICES"
   addresses=$(seq -s, 0 $((${#ids[@]} - 1)) | sed 's/\([0-9]\+\)/"\1"/g')
 elif command -v nvidia-smi > /dev/null; then

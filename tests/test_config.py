@@ -88,12 +88,26 @@ def test_video_sampling_keys_are_validated():
 
 @pytest.mark.parametrize(
     "master, cpus",
-    [("local", 1), ("local[2]", 2), ("local[2,4]", 2), ("local[16]", 4), ("local[1]", 1), ("spark://h:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None)],
+    [
+        ("local", 1),
+        ("local[2]", 2),
+        ("local[2,4]", 2),
+        ("local[16]", 4),
+        ("local[1]", 1),
+        ("local[6]", 3),
+        ("local[10]", 2),
+        ("local[7]", 1),
+        ("spark://h:7077", None),
+        ("yarn", None),
+        ("local-cluster[2,1,1024]", None),
+    ],
 )
 def test_local_task_cpus(master, cpus, monkeypatch):
-    """local[N]: featurize tasks of up to 4 cores (one TensorFlow pool each); clusters keep their own spark.task.cpus."""
-    from vidspark.app import local_task_cpus
+    """local[N]: featurize tasks of up to 4 cores dividing N (one TensorFlow pool each); clusters keep their own spark.task.cpus."""
+    from vidspark import app
 
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert local_task_cpus(master) == cpus
-    assert local_task_cpus("local[*]") == 4
+    assert app.local_task_cpus(master) == cpus
+    monkeypatch.setattr(app, "available_cpus", lambda: 8)
+    assert app.local_task_cpus("local[*]") == 4
+    monkeypatch.setattr(app, "available_cpus", lambda: 2)
+    assert app.local_task_cpus("local[*]") == 2

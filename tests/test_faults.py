@@ -114,6 +114,7 @@ def test_killed_python_worker_is_retried_and_rows_are_exact(tmp_path):
     write_labeled_set(LocalSink(tmp_path / "in"), classes=("car", "person"), per_class=60, seed=42, size=(96, 72))
     argv = [sys.executable, "-m", "vidspark", "featurize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "features"), "--run-id", "k"]
     argv += ["--master", "local[2,4]", "--set", "job.rows_per_task=20", "--set", "featurizer.batch_size=4", "--set", "featurizer.weights=random"]
+    argv += ["--set", "featurizer.warm_up=false"]  # the worker with TensorFlow loaded is then surely running a featurize task
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     killed = None
     deadline = time.monotonic() + 300

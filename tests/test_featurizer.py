@@ -178,16 +178,38 @@ def test_device_is_the_gpu_spark_assigned():
     from vidspark.featurizer import choose_device
 
     cfg = _FakeConfig(["gpu0", "gpu1", "gpu2"])
-    assert choose_device(_FakeTF(cfg), "2") == "/GPU:0"  # only the task's GPU is visible, as logical 0
-    assert cfg.visible == ["gpu2"] and cfg.growth == [("gpu2", True)]
-    late = _FakeConfig(["gpu0", "gpu1"], initialised=True)
-    assert choose_device(_FakeTF(late), "1") == "/GPU:1"  # runtime already up: physical index
+    assert choose_device(_FakeTF(cfg), "2") == "/GPU:2"
+    assert cfg.visible is None and cfg.growth == [("gpu0", True), ("gpu1", True), ("gpu2", True)]
+    assert choose_device(_FakeTF(cfg), "0") == "/GPU:0"  # a reused worker serving a task of another GPU
     with pytest.raises(ModelError, match="assigned GPU 3"):
         choose_device(_FakeTF(_FakeConfig(["gpu0"])), "3")
-    none = _FakeConfig([])
-    assert choose_device(_FakeTF(none), None) == "/CPU:0"
-    shared = _FakeConfig(["gpu0"])
-    assert choose_device(_FakeTF(shared), None) == "/GPU:0" and shared.growth == [("gpu0", True)] and shared.visible is None
+    assert choose_device(_FakeTF(_FakeConfig([])), None) == "/CPU:0"
+    assert choose_device(_FakeTF(_FakeConfig(["gpu0"])), None) == "/GPU:0"
+
+
+def test_tensorflow_threads_follow_the_task(monkeypatch):
+    """Set before the runtime starts (the Featurizer does it before entering a device scope)."""
+    from vidspark import featurizer
+
+    calls = []
+
+    class Threading:
+        def set_intra_op_parallelism_threads(self, n: int) -> None:
+            calls.append(("intra", n))
+
+        def set_inter_op_parallelism_threads(self, n: int) -> None:
+            calls.append(("inter", n))
+
+    class TF:
+        class config:
+            threading = Threading()
+
+    monkeypatch.setattr(featurizer, "task_cpus", lambda: 4)
+    featurizer.configure_threads(TF, FeaturizerConf())
+    assert calls == [("intra", 4), ("inter", 2)]
+    calls.clear()
+    featurizer.configure_threads(TF, FeaturizerConf(threads=2))
+    assert calls == [("intra", 2), ("inter", 1)]
 
 
 def test_task_gpu_reads_the_task_resources(monkeypatch):
@@ -212,3 +234,17 @@ def test_task_gpu_reads_the_task_resources(monkeypatch):
     assert task_gpu() == "1" and task_cpus() == 3
     monkeypatch.setattr(TaskContext, "get", classmethod(lambda cls: Ctx({})))
     assert task_gpu() is None
+
+
+def test_thread_setting_reaches_a_real_tensorflow(tmp_path):
+    """In a fresh process (as a Python worker is), the Featurizer's TensorFlow runs the configured pool."""
+    code = (
+        "import tensorflow as tf\n"
+        "from vidspark.config import FeaturizerConf\n"
+        "from vidspark.featurizer import Featurizer\n"
+        "Featurizer(FeaturizerConf(weights='random', image_size=32, batch_size=2, threads=1))\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["1", "1"]

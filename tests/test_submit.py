@@ -39,16 +39,18 @@ def test_dry_run_line_ships_package_and_conf():
     assert "vidspark/featurize.py" in names and not any("__pycache__" in n for n in names)
 
 
-def test_gpu_dry_run_ships_the_discovery_script_and_gpu_settings():
+def test_gpu_dry_run_has_the_gpu_settings_and_the_discovery_script_works():
     res = submit("--gpu", "--dry-run", "featurize", "--input", "s3://b/in", "--output", "s3://b/out/features")
     assert res.returncode == 0, res.stderr
-    line = res.stdout.strip().splitlines()[-1].replace("\\", "")  # the printed line is shell-quoted (%q)
-    assert "conf/gpu.yaml,/" in line and line.split("--files ")[1].split(" ")[0].endswith("scripts/get_gpus_resources.sh")
-    for conf in ("spark.executor.resource.gpu.amount=1", "spark.task.resource.gpu.amount=0.25", "spark.executor.resource.gpu.discoveryScript=./get_gpus_resources.sh"):
+    line = res.stdout.strip().splitlines()[-1]
+    assert "--files" in line and "conf/gpu.yaml" in line
+    for conf in ("spark.executor.resource.gpu.amount=1", "spark.task.resource.gpu.amount=0.25", "spark.executorEnv.CUDA_DEVICE_ORDER=PCI_BUS_ID"):
         assert f"--conf {conf}" in line
+    assert "spark.executor.resource.gpu.discoveryScript=/" in line  # an absolute path on the nodes: discovery runs before --files arrive
     script = ROOT / "scripts" / "get_gpus_resources.sh"
-    out = subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "2,3"})
-    assert json.loads(out.stdout) == {"name": "gpu", "addresses": ["0", "1"]}
+    for visible, addresses in (("2,3", ["0", "1"]), ("-1", []), ("", [])):
+        out = subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
+        assert out.returncode == 0 and json.loads(out.stdout) == {"name": "gpu", "addresses": addresses}, (visible, out.stdout, out.stderr)
 
 
 def test_unknown_job_exits_2():

@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from vidspark.errors import EnvironmentProblem
@@ -64,21 +65,37 @@ def check_java() -> None:
         raise EnvironmentProblem(f"{java} is Java {major or 'unknown'}; PySpark needs Java {MIN_JAVA} or newer: install openjdk-17 and set JAVA_HOME")
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers).
+
+    The JVM counts the same way for ``local[*]``, so the two agree inside a CPU-limited container.
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def local_task_cpus(master: str) -> int | None:
-    """``spark.task.cpus`` for a ``local[N]`` master: tasks of up to 4 cores.
+    """``spark.task.cpus`` for a ``local[N]`` master: tasks of up to 4 cores that divide N evenly.
 
     A featurize task runs one TensorFlow thread pool of ``spark.task.cpus`` threads and builds the
     model once per Python worker. One task per core would start N workers (N model builds, N × 1.4
     GB) that each see one core; one task of all cores scales TensorFlow poorly past a few threads.
-    4 is the middle: 2 cores give one task of 2, 16 cores four tasks of 4.
+    Up to 4 is the middle (2 cores: one task of 2; 16 cores: four of 4; 6 cores: two of 3), and a
+    divisor of N leaves no core idle.
     """
     m = re.fullmatch(r"local\[(\*|\d+)(?:,\s*\d+)?\]|local", master.strip())
     if not m:
         return None
     if m.group(1) is None:  # plain "local": one core
         return 1
-    n = (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
-    return max(1, min(4, n))
+    n = available_cpus() if m.group(1) == "*" else int(m.group(1))
+    return next(d for d in (4, 3, 2, 1) if d <= n and n % d == 0)
 
 
 def build_session(app_name: str, *, master: str | None, spark_conf: Mapping[str, Any]) -> Any:

@@ -319,9 +319,12 @@ class WarmUp:
         cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
         slots = max(1, spark.sparkContext.defaultParallelism // max(1, cpus))
         df = spark.range(0, slots, 1, slots).mapInPandas(_warm(fconf, sconf, stats), schema="pid long")
+        self.cancelled = threading.Event()
 
         def job() -> None:
             spark.sparkContext.setJobGroup(self.group, "vidspark: build the featurizer in each Python worker", interruptOnCancel=False)
+            if self.cancelled.is_set():
+                return
             try:
                 df.collect()
             except Exception as exc:  # cancelled, or a model that cannot load: featurize will say so itself
@@ -331,9 +334,12 @@ class WarmUp:
         self.thread.start()
 
     def cancel(self) -> None:
-        """Nothing to featurize: stop the warm-up job."""
-        self.spark.sparkContext.cancelJobGroup(self.group)
-        self.thread.join(timeout=30)
+        """Stop the warm-up job if it still runs (nothing to featurize, or the run failed); a no-op once it ended."""
+        self.cancelled.set()
+        deadline = time.monotonic() + 60
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            self.spark.sparkContext.cancelJobGroup(self.group)  # again each round: the job may be submitted after the first
+            self.thread.join(timeout=0.5)
 
 
 class _Stopped(Exception):
@@ -636,11 +642,33 @@ def featurize(
     stats = spark.sparkContext.accumulator({}, TaskStats())
     warm = WarmUp(spark, conf.featurizer, conf.storage, run_id, stats) if conf.featurizer.warm_up else None
     try:
-        inventory = list_inventory(input_uri, conf, s3_client=client, selection=selection)
-    except BaseException:
+        return _featurize(spark, input_uri=input_uri, output=output, conf=conf, run_id=run_id, errors_output=errors_output, s3_client=s3_client, client=client,
+                          full=full, prune=prune, selection=selection, on_partitions=on_partitions, stats=stats, warm=warm, timings=timings, t0=t0)  # fmt: skip
+    finally:
         if warm is not None:
-            warm.cancel()
-        raise
+            warm.cancel()  # ended long ago when there was work; stopped here when there was none or the run failed
+
+
+def _featurize(
+    spark: SparkSession,
+    *,
+    input_uri: str,
+    output: str,
+    conf: Conf,
+    run_id: str,
+    errors_output: str | None,
+    s3_client: Any | None,
+    client: Any | None,
+    full: bool,
+    prune: bool,
+    selection: Selection | None,
+    on_partitions: Callable[[list[tuple[str, str]]], None] | None,
+    stats: Any,
+    warm: WarmUp | None,
+    timings: dict[str, float],
+    t0: float,
+) -> dict[str, Any]:
+    inventory = list_inventory(input_uri, conf, s3_client=client, selection=selection)
     recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
     fid = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
     timings["list_s"] = time.perf_counter() - t0
@@ -750,7 +778,7 @@ def featurize(
         "error_fraction": (n_errors / inventory.listed) if inventory.listed else 0.0,
         "partitions": [{"camera_id": c, "date": d} for c, d in affected],
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "tasks": {k: round(v, 3) for k, v in sorted(stats.value.items())},
+        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items())},
         "task_slots": max(1, parallelism // int(spark.conf.get("spark.task.cpus", "1") or 1)),
     }
     logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", featurized, featurized_objects, skipped)

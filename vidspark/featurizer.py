@@ -139,27 +139,38 @@ def task_gpu() -> str | None:
 
 
 def choose_device(tf: Any, gpu_address: str | None) -> str:
-    """Make only the task's GPU visible (memory growth on) and return the TensorFlow device to run on.
+    """The TensorFlow device for the task's GPU, with memory growth on every visible GPU.
 
-    Spark's addresses are the machine's GPU indices (as the discovery script lists them). Restricting
-    visibility must happen before TensorFlow initialises its GPUs; if this process already did, the
-    physical index is used as the logical one. No GPU assigned: TensorFlow's default placement.
+    Spark's addresses are GPU indices as the discovery script lists them (the same order as
+    TensorFlow's with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``). Visibility is not narrowed: a reused Python
+    worker may serve tasks assigned different GPUs of a multi-GPU executor, and the model for each
+    is placed explicitly. Memory growth keeps a process from taking a GPU's memory whole.
+    No GPU assigned: the first GPU if there is one, else the CPU.
     """
     gpus = tf.config.list_physical_devices("GPU")
-    if gpu_address is None or not gpus:
-        for gpu in gpus:
-            with contextlib.suppress(RuntimeError):
-                tf.config.experimental.set_memory_growth(gpu, True)
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised in this process: growth was set then
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if gpu_address is None:
         return "/GPU:0" if gpus else "/CPU:0"
     index = int(gpu_address)
     if index >= len(gpus):
         raise ModelError(f"Spark assigned GPU {gpu_address} but this process sees {len(gpus)} GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return f"/GPU:{index}"
+
+
+def configure_threads(tf: Any, conf: FeaturizerConf) -> None:
+    """TensorFlow's thread pools: ``conf.threads``, else the task's CPUs; only possible before its runtime starts."""
+    threads = conf.threads or task_cpus() or 0
+    if threads <= 0:
+        return
     try:
-        tf.config.set_visible_devices([gpus[index]], "GPU")
-        tf.config.experimental.set_memory_growth(gpus[index], True)
-        return "/GPU:0"
-    except RuntimeError:  # runtime already initialised with every GPU visible: logical index = physical index
-        return f"/GPU:{index}"
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1 if threads <= 2 else 2)
+    except RuntimeError:
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            logger.warning("TensorFlow already started in pid %d with %s intra-op threads; keeping them (wanted %d)", os.getpid(), current or "default", threads)
 
 
 def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any:
@@ -175,11 +186,7 @@ def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any
     """
     import tensorflow as tf
 
-    threads = conf.threads or task_cpus() or 0
-    if threads > 0:
-        with contextlib.suppress(RuntimeError):  # already initialised in this process: keep what it has
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1 if threads <= 2 else 2)
+    configure_threads(tf, conf)
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(_POLICIES[conf.precision])
     try:
@@ -224,6 +231,7 @@ class Featurizer:
         t0 = time.perf_counter()
         self.conf = conf
         self.import_s = 0.0
+        configure_threads(tf, conf)  # first: entering a tf.device starts TensorFlow's runtime
         self.device = choose_device(tf, gpu_address)
         with tf.device(self.device):
             self.model = build_model(conf, storage)
