@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_io import RESULTS, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-factor", type=int, default=4, help="C again on the first size with this many times the objects (0: skip)")
     parser.add_argument("--c-set", action="append", default=[], metavar="KEY=VALUE", help="extra --set for the vidspark run (C)")
     parser.add_argument("--notebook", nargs=4, metavar=("ENDPOINT", "BUCKET", "PREFIX", "LAUNCHED"), help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "featurize.json"))
+    parser.add_argument("--out", default=str(RESULTS / "featurize.json"))
     args = parser.parse_args(argv)
     if args.notebook:
         endpoint, bucket, prefix, launched = args.notebook
@@ -304,10 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         m = results["memory"]
         print(f"worker peak memory: {m['worker_peak_rss_mb'][0]} MB for {m['frames'][0]} frames, {m['worker_peak_rss_mb'][1]} MB for {m['frames'][1]} ({m['growth']:.3f}x)")
     print(f"bench took {results['bench_s']} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(results, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ Writes ``bench/results/gpu_featurize.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_io import RESULTS, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="float32,float16,bfloat16")
     parser.add_argument("--xla", action="store_true", help="also measure A with XLA")
     parser.add_argument("--fetch-threads", type=int, default=16)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_featurize.json"))
+    parser.add_argument("--out", default=str(RESULTS / "gpu_featurize.json"))
     args = parser.parse_args(argv)
     name = gpu_name()
     if name is None:
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["A"][f"{p}/{bs}/xla"] = ceiling(bs, p, True, n_frames=max(20 * bs, 2000))
             print(f"A {p:>9} batch {bs:>4}: {results['A'][f'{p}/{bs}']} frames/s", flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(results, args.out)
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_io import RESULTS, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=400, help="num_boost_round (early stopping after 30 without gain)")
     parser.add_argument("--predict-rows", type=int, default=50000)
     parser.add_argument("--one", nargs=2, metavar=("MODE", "ROWS"), help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    parser.add_argument("--out", default=str(RESULTS / "train.json"))
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.rounds)))
@@ -185,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         f"predict pandas UDF: {p['udf_rows_s']} rows/s on local[*] with warm workers ({p['udf_over_in_process']} of booster.predict in one process, "
         f"{p['booster_in_process_rows_s']} rows/s); first run {p['udf_first_s']} s (Python workers start), reading alone {p['read_only_s']} s"
     )
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    write_results(results, args.out)
     return 0
 
 

@@ -20,7 +20,6 @@ Prints a table and writes ``bench/results/video_decode.json``. Best of ``--repea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_io import RESULTS, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=240, help="frames per clip (default 240 = 9.6 s at 25 fps)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "video_decode.json"))
+    parser.add_argument("--out", default=str(RESULTS / "video_decode.json"))
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {
@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:>10} {r['bytes'] / 1e6:6.1f} {r['pyav_decode']['decoded_fps']:12.1f} {r['vidspark_all']['decoded_fps']:13.1f} "
             f"{r['vidspark_n5']['decoded_fps']:12.1f} {r['vidspark_split']['decoded_fps']:15.1f} {r['vidspark_all_vs_pyav']:9.3f} {r['split_vs_whole']:10.3f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(results, args.out)
     return 0
 
 

@@ -32,7 +32,7 @@ from vidspark.imaging import decode_image
 from vidspark.layout import Layout, LayoutMismatch, natural_key
 from vidspark.outputs import partition_path, read_table, recover_table, replace_partitions, sibling, table_exists, write_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA, FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA, WORK_SCHEMA
-from vidspark.storage import ObjectInfo, cached_s3_client, check_readable, list_objects, make_s3_client, parse_uri, read_object
+from vidspark.storage import Location, ObjectInfo, cached_s3_client, check_readable, list_objects, make_s3_client, parse_uri, read_object
 from vidspark.video import WHOLE, DecodeReport, Segment, VideoFrame, decode_frames, is_storage_error, kind_of_key, open_source, probe_segments, read_head, sniff_is_video
 
 logger = logging.getLogger(__name__)
@@ -553,13 +553,8 @@ def errors_frame(spark: SparkSession, rows: list[dict[str, Any]], run_id: str) -
     return spark.createDataFrame(data, schema=ERRORS_SCHEMA)
 
 
-def list_inventory(input_uri: str, conf: Conf, *, s3_client: Any | None = None, selection: Selection | None = None) -> Inventory:
-    """Check the input is readable, list it (the only driver-side pass) and parse keys."""
-    location = parse_uri(input_uri)
-    client = None
-    if location.scheme == "s3":
-        client = s3_client or make_s3_client(conf.storage)
-    check_readable(location, client)
+def list_inventory(location: Location, client: Any | None, conf: Conf, *, selection: Selection | None = None) -> Inventory:
+    """List the input (the only driver-side pass) and parse keys; the caller has checked it is readable."""
     layout = Layout(conf.input.layout, ts_format=conf.input.ts_format)
     return build_inventory(list_objects(location, client), layout, gap_seconds=conf.events.gap_seconds, selection=selection)
 
@@ -642,7 +637,7 @@ def featurize(
     stats = spark.sparkContext.accumulator({}, TaskStats())
     warm = WarmUp(spark, conf.featurizer, conf.storage, run_id, stats) if conf.featurizer.warm_up else None
     try:
-        return _featurize(spark, input_uri=input_uri, output=output, conf=conf, run_id=run_id, errors_output=errors_output, s3_client=s3_client, client=client,
+        return _featurize(spark, input_uri=input_uri, output=output, conf=conf, run_id=run_id, errors_output=errors_output, s3_client=s3_client, location=location, client=client,
                           full=full, prune=prune, selection=selection, on_partitions=on_partitions, stats=stats, warm=warm, timings=timings, t0=t0)  # fmt: skip
     finally:
         if warm is not None:
@@ -658,6 +653,7 @@ def _featurize(
     run_id: str,
     errors_output: str | None,
     s3_client: Any | None,
+    location: Location,
     client: Any | None,
     full: bool,
     prune: bool,
@@ -668,7 +664,7 @@ def _featurize(
     timings: dict[str, float],
     t0: float,
 ) -> dict[str, Any]:
-    inventory = list_inventory(input_uri, conf, s3_client=client, selection=selection)
+    inventory = list_inventory(location, client, conf, selection=selection)
     recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
     fid = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
     timings["list_s"] = time.perf_counter() - t0
@@ -692,7 +688,7 @@ def _featurize(
     changed = {u for u, e in zip(rows["uri"], rows["etag"], strict=True) if u in known and e and (u, e) not in stored}
     pruned: set[str] = set()
     if prune and len(existing):
-        prefix = parse_uri(input_uri).uri.rstrip("/") + "/"
+        prefix = location.uri.rstrip("/") + "/"
         pruned = {u for u in known if u.startswith(prefix) and u not in inventory.listed_uris}
     timings["incremental_s"] = time.perf_counter() - t_inc
     logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", skipped, rows["uri"].nunique(), len(changed), len(pruned))
