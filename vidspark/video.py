@@ -5,12 +5,20 @@ Nothing here touches Spark; :mod:`vidspark.featurize` calls these functions on e
 - Bytes are streamed: local files are opened by FFmpeg itself, S3 objects through
   :class:`RangeReader`, which fetches fixed-size ranges (``IfMatch`` on the listed ETag) and keeps
   at most two of them, so memory does not depend on the object's size.
-- Frame identity: ``frame_idx`` is the frame's index in presentation order in the decoded stream;
-  its time is ``(pts - stream.start_time) * time_base`` seconds after the object's start time.
+- Frame identity: ``frame_idx`` is the frame's index in presentation order. Where the container
+  stores presentation timestamps (MP4/MOV, Matroska/WebM, MPEG-TS/PS, ...), a frame's time is
+  ``(pts - stream.start_time) * time_base`` seconds after the object's start time and its index
+  is its rank among the stream's packets by pts. AVI and raw elementary streams store no
+  presentation times (a B-frame AVI's decoder hands out pts such as 1, 2, 3, 5, 4, ...): there
+  frames are numbered in the decoder's output order and the k-th frame takes the k-th smallest
+  packet time (a frame-rate clock), so empty "dropped-frame" chunks leave gaps in time, not in
+  the index, and are counted per frame (``dropped_before``), never as loss.
+- Declared frame counts are hints: truncation is reported only where the data ends before the
+  container says it should, by bytes (AVI ``RIFF`` size, MPEG-TS packet size) or by duration.
 - Sampling is a pure function of a frame's index and time (and the previous frame's time), so a
   segment decoded in its own task keeps exactly the frames that a whole-file decode keeps.
 - Splitting (:func:`probe_segments`) demuxes the packets without decoding them, then cuts at
-  keyframes; each segment owns the frames whose ``pts`` lies in ``[start_pts, end_pts)``.
+  keyframes (containers without presentation timestamps are never split); each segment owns the frames whose ``pts`` lies in ``[start_pts, end_pts)``.
   A decode seeks to the keyframe, checks that it landed on or before it (MPEG-TS seeks are
   estimates) and otherwise retries further back, finally from the start.
 """
@@ -173,11 +181,15 @@ WHOLE = Segment()
 
 @dataclass
 class VideoFrame:
-    """One sampled frame: stream index, seconds after the stream start, model-ready pixels."""
+    """One sampled frame: presentation index, seconds after the stream start, model-ready pixels.
+
+    ``dropped_before``: empty "dropped-frame" slots (AVI) between the previous sampled frame and this one.
+    """
 
     idx: int
     seconds: float
     pixels: np.ndarray
+    dropped_before: int = 0
 
 
 @dataclass
@@ -250,11 +262,52 @@ def is_storage_error(source: Any) -> bool:
     return isinstance(source, RangeReader) and source.error is not None
 
 
+_AVFMT_NOTIMESTAMPS = 0x0080
+
+
+def has_timestamps(container: Any) -> bool:
+    """Whether the container stores presentation timestamps (AVI and raw elementary streams do not)."""
+    fmt = container.format
+    return fmt.name != "avi" and not (fmt.flags & _AVFMT_NOTIMESTAMPS)
+
+
+def _pts_in_decode_order(av: Any, source: Any, vconf: VideoConf, probe_packets: int = 48) -> bool:
+    """Whether a reordering (B-frame) stream's container gives every packet pts == dts.
+
+    Some muxers write decode times as presentation times (a real MP4 from a Debian package does);
+    such pts cannot order frames, so the file is timed like an AVI. Reads the first packets
+    through a container of its own, so the caller's demuxing is untouched.
+    """
+    with _open(av, source, vconf) as container:
+        stream = container.streams.video[0]
+        if not stream.codec_context.has_b_frames:
+            return False
+        n = 0
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            if packet.pts != packet.dts:
+                return False
+            n += 1
+            if n >= probe_packets:
+                break
+        return n > 0
+
+
+def _packet_end(packet: Any, start: int, tb: Fraction, rate: Fraction) -> Fraction | None:
+    """Seconds after the stream start at which a packet's data ends (its time plus its duration), or None."""
+    ts = packet.pts if packet.pts is not None else packet.dts
+    if ts is None:
+        return None
+    return (int(ts) - start) * tb + (packet.duration * tb if packet.duration else 1 / rate)
+
+
 def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], DecodeReport]:
     """Demux (without decoding) one video and cut it at keyframes into segments of ``segment_seconds``.
 
-    Returns one :data:`WHOLE` segment when the stream has frames without timestamps. Problems
-    found while demuxing (unreadable container, truncation) are in the report's errors.
+    Returns one :data:`WHOLE` segment when the container stores no presentation timestamps (AVI,
+    raw streams) or has packets without them. Problems found while demuxing (unreadable
+    container, truncation) are in the report's errors.
     """
     import av
 
@@ -272,11 +325,16 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
             report.add(*problem)
             return [], report
         stream = container.streams.video[0]
-        start, tb, _ = _stream_clock(stream)
+        if not has_timestamps(container) or _pts_in_decode_order(av, source, vconf):
+            return [WHOLE], report  # frames are numbered in the decoder's output order: one task decodes the whole file
+        start, tb, rate = _stream_clock(stream)
         packet = None
+        data_end: Fraction | None = None
         try:
             for packet in container.demux(stream):
-                if packet.size == 0:
+                end = _packet_end(packet, start, tb, rate)
+                data_end = end if data_end is None or (end is not None and end > data_end) else data_end
+                if packet.size == 0 or packet.is_discard:
                     continue
                 if packet.pts is None:
                     return [WHOLE], report
@@ -286,7 +344,7 @@ def probe_segments(source: Any, vconf: VideoConf) -> tuple[list[Segment], Decode
         except Exception as exc:  # a read error mid-file: segments cover what was readable
             report.add(type(exc).__name__, f"demuxing stopped at {_where(source, packet, tb, start, len(pts_list))}: {exc}")
         if not report.errors and pts_list:
-            problem_text = _check_complete(container, stream, source, len(pts_list), (max(pts_list) - start) * tb, _stream_clock(stream)[2])
+            problem_text = _check_complete(container, stream, source, frame_no=len(pts_list), last_t=(max(pts_list) - start) * tb, data_end=data_end, rate=rate)
             if problem_text:
                 report.add("TruncatedVideo", problem_text)
     finally:
@@ -377,9 +435,12 @@ def _decode_attempt(
             report.add(*problem)
             return "failed"
         stream = container.streams.video[0]
+        timed = has_timestamps(container) and not _pts_in_decode_order(av, source, vconf)
         stream.codec_context.thread_count = vconf.decode_threads
         stream.codec_context.thread_type = "AUTO"
         start, tb, rate = _stream_clock(stream)
+        if not timed:
+            segment = WHOLE  # never split (see probe_segments): output order is the only order there is
         from_start = segment.start_pts is None
         whole = from_start and segment.end_pts is None
         if segment.start_pts is not None and seek_back is not None:
@@ -395,10 +456,14 @@ def _decode_attempt(
         idx = segment.first_idx
         prev_t = (segment.prev_pts - start) * tb if segment.prev_pts is not None else None
         seen_start = from_start
-        # Every packet's pts, until its frame comes out: a packet whose frame never does (a decode error,
-        # or data the decoder dropped silently) still takes its index, as in the probe's count.
+        # Timed containers: every packet's pts until its frame comes out; a packet whose frame never does
+        # (a decode error, or data the decoder dropped silently) still takes its index, as in the probe's count.
+        # Containers without timestamps: every packet's time (a frame-rate clock); the k-th frame out takes the k-th smallest.
         pending: list[int] = []
-        lost, first_lost = 0, None
+        lost, first_lost, lead_in = 0, None, 0
+        clock_prev: int | None = None
+        dropped = 0  # empty slots since the last sampled frame
+        data_end: Fraction | None = None
         packet = None
         demux = container.demux(stream)
         last_progress = time.monotonic()
@@ -417,8 +482,12 @@ def _decode_attempt(
                 report.add(type(exc).__name__, f"{stage_note} stopped at {_where(source, packet, tb, start, idx)}: {exc}")
                 packet = None
                 break
-            if packet.size and packet.pts is not None and (from_start or packet.pts >= segment.start_pts):
-                heapq.heappush(pending, int(packet.pts))
+            end = _packet_end(packet, start, tb, rate)
+            data_end = end if data_end is None or (end is not None and end > data_end) else data_end
+            if packet.size and not packet.is_discard:
+                ts = packet.pts if timed else (packet.dts if packet.dts is not None else packet.pts)  # AVI: dts is the chunk clock
+                if ts is not None and (from_start or ts >= segment.start_pts):
+                    heapq.heappush(pending, int(ts))
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:  # a corrupt packet: the decoder resumes at the next keyframe
@@ -428,24 +497,35 @@ def _decode_attempt(
             for frame in frames:
                 report.decoded += 1
                 last_progress = time.monotonic()
-                pts = frame.pts
-                if not from_start:
-                    if pts is None or pts < segment.start_pts:
-                        continue
-                    if not seen_start:
-                        if pts != segment.start_pts and not last_try:
-                            return missed()
-                        seen_start = True
-                if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
-                    return "done"
-                while pending and pts is not None and pending[0] < pts:
-                    lost_pts = heapq.heappop(pending)
-                    first_lost = lost_pts if first_lost is None else first_lost
-                    lost += 1
-                    idx += 1
-                if pending and pts is not None and pending[0] == pts:
-                    heapq.heappop(pending)
-                t = (pts - start) * tb if pts is not None else Fraction(idx) / rate
+                if timed:
+                    pts = frame.pts
+                    if not from_start:
+                        if pts is None or pts < segment.start_pts:
+                            continue
+                        if not seen_start:
+                            if pts != segment.start_pts and not last_try:
+                                return missed()
+                            seen_start = True
+                    if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
+                        return "done"
+                    while pending and pts is not None and pending[0] < pts:
+                        lost_pts = heapq.heappop(pending)
+                        if report.decoded == 1 and from_start:
+                            lead_in += 1  # a recording cut mid-GOP starts with frames nothing can decode
+                        else:
+                            first_lost = lost_pts if first_lost is None else first_lost
+                            lost += 1
+                        idx += 1
+                    if pending and pts is not None and pending[0] == pts:
+                        heapq.heappop(pending)
+                    t = (pts - start) * tb if pts is not None else Fraction(idx) / rate
+                else:
+                    slot = heapq.heappop(pending) if pending else None
+                    t = (slot - start) * tb if slot is not None else Fraction(idx) / rate
+                    if slot is not None:
+                        ticks = slot - (clock_prev if clock_prev is not None else start)
+                        dropped += max(0, round(float(ticks * tb * rate)) - (1 if clock_prev is not None else 0))
+                        clock_prev = slot
                 if segment.last_idx is not None and idx > segment.last_idx:
                     return "done"
                 if sampler.keep(idx, t, prev_t):
@@ -455,7 +535,8 @@ def _decode_attempt(
                         report.add(type(exc).__name__, f"converting frame {idx} (t={float(t):.3f} s) failed: {exc}")
                     else:
                         report.kept += 1
-                        yield VideoFrame(idx, float(t), pixels)
+                        yield VideoFrame(idx, float(t), pixels, dropped)
+                        dropped = 0
                         if from_start and segment.last_idx is None and vconf.max_frames and report.kept >= vconf.max_frames:
                             return "done"
                 prev_t = t
@@ -465,11 +546,13 @@ def _decode_attempt(
         if whole:  # frames of the last packets that never came out
             lost += len(pending)
             first_lost = first_lost if first_lost is not None or not pending else min(pending)
+        if lead_in:
+            logger.info("%s: %d frame(s) before the first decodable one (a recording cut mid-GOP)", source if isinstance(source, str) else "video", lead_in)
         if lost and len(report.errors) == errors_before:
             where = f", the first at t={float((first_lost - start) * tb):.3f} s" if first_lost is not None else ""
             report.add("LostFrames", f"{lost} frame(s) did not decode{where} (corrupt data?)")
         if whole and len(report.errors) == errors_before:
-            problem_text = _check_complete(container, stream, source, idx, prev_t, rate)
+            problem_text = _check_complete(container, stream, source, frame_no=idx, last_t=prev_t, data_end=data_end, rate=rate)
             if problem_text:
                 report.add("TruncatedVideo", problem_text)
         elif segment.end_pts is not None and len(report.errors) == errors_before:
@@ -492,29 +575,38 @@ def _stream_problem(container: Any, vconf: VideoConf) -> tuple[str, str] | None:
     return None
 
 
-def _check_complete(container: Any, stream: Any, source: Any, n_frames: int, last_t: Fraction | None, rate: Fraction) -> str | None:
-    """Why a whole-file decode looks cut short (fewer frames or seconds than the header declares), or None.
+def _check_complete(container: Any, stream: Any, source: Any, *, frame_no: int, last_t: Fraction | None, data_end: Fraction | None, rate: Fraction) -> str | None:
+    """Why a whole-file decode looks cut short, or None: the data ends before the container says it should.
 
-    Tolerant where containers legitimately differ from their headers: AVI counts dropped-frame
-    entries (one in a hundred allowed), durations are the video stream's own (audio may run longer),
-    and MPEG-TS packets may be 188, 192 (M2TS) or 204 bytes.
+    A header's frame count is never the measure (AVI counts dropped-frame chunks in it; files
+    that hold fewer pictures than declared are normal). The measure is bytes where the container
+    states them (an AVI's ``RIFF`` size; MPEG-TS/M2TS packets of 188, 192 or 204 bytes) and
+    otherwise the video stream's own declared duration against the end of its last packet (the
+    audio may run longer). Raw elementary streams declare nothing.
     """
-    declared = int(stream.frames or 0)
-    if declared - n_frames > max(1, declared // 100) or (declared > n_frames and n_frames < 2):
-        return f"the stream stops at frame {n_frames} of {declared} declared (t={float(last_t or 0):.3f} s): file truncated?"
-    if container.format.name == "mpegts":
+    where = f"frame {frame_no}, t={float(last_t or 0):.3f} s"
+    name = container.format.name
+    if name in ("mpegts", "avi"):
         size = source.size if isinstance(source, RangeReader) else _file_size(source)
-        if all(size % p for p in (188, 192, 204)):
-            return f"MPEG-TS file of {size} bytes ends inside a transport packet (frame {n_frames}, t={float(last_t or 0):.3f} s): file truncated?"
+        if name == "mpegts":
+            if all(size % p for p in (188, 192, 204)):
+                return f"MPEG-TS file of {size} bytes ends inside a transport packet ({where}): file truncated?"
+            return None
+        head = read_head(source, 12)
+        declared = int.from_bytes(head[4:8], "little") + 8 if head[:4] == b"RIFF" else 0
+        if size < declared:
+            return f"AVI file of {size} bytes is shorter than the {declared} bytes its RIFF header declares (it stops at {where}): file truncated?"
         return None
-    if stream.duration and stream.time_base and last_t is not None:
+    if not has_timestamps(container) or data_end is None:
+        return None
+    if stream.duration and stream.time_base:
         declared_s = float(stream.duration * Fraction(stream.time_base))
-    elif container.duration and len(container.streams) == 1 and last_t is not None:
+    elif container.duration and len(container.streams) == 1:
         declared_s = container.duration / 1_000_000
     else:
         return None
-    if last_t is not None and declared_s - float(last_t) > max(3 / float(rate), 0.5):
-        return f"the stream stops at t={float(last_t):.3f} s of {declared_s:.3f} s declared (frame {n_frames}): file truncated?"
+    if declared_s - float(data_end) > max(3 / float(rate), 0.5):
+        return f"the stream stops at t={float(data_end):.3f} s of {declared_s:.3f} s declared ({where}): file truncated?"
     return None
 
 
