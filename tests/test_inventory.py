@@ -15,15 +15,42 @@ def obj(key: str, seconds: float) -> ObjectInfo:
 
 
 def test_frame_folders_follow_file_name_order_even_when_uploaded_out_of_order():
-    # frame_10 was uploaded before frame_2: order and times must still follow the file names
-    objs = [obj("cam1/v1/frame_2.jpg", 5), obj("cam1/v1/frame_10.jpg", 1), obj("cam1/v1/frame_1.jpg", 0), obj("cam1/v2/a.jpg", 3)]
+    # frame_10 was uploaded before frame_2: order follows the file names, and the folder has one time (its earliest)
+    objs = [obj("cam1/v1/frame_2.jpg", 5), obj("cam1/v1/frame_10.jpg", 1), obj("cam1/v1/frame_1.jpg", 0.5), obj("cam1/v2/a.jpg", 3)]
     inv = build_inventory(objs, Layout("{camera_id}/{video_id}/**"))
     rows = inv.rows.set_index("uri")
     assert [rows.loc[f"s3://b/cam1/v1/frame_{i}.jpg", "frame_idx"] for i in (1, 2, 10)] == [0, 1, 2]
-    ts = [rows.loc[f"s3://b/cam1/v1/frame_{i}.jpg", "frame_ts"] for i in (1, 2, 10)]
-    assert ts == sorted(ts) and ts[-1] == T0 + timedelta(seconds=5)
-    assert rows.loc["s3://b/cam1/v1/frame_10.jpg", "date"] == date(2026, 11, 21)  # date follows the adjusted time
-    assert rows.loc["s3://b/cam1/v2/a.jpg", "frame_idx"] == 0
+    assert {rows.loc[f"s3://b/cam1/v1/frame_{i}.jpg", "frame_ts"] for i in (1, 2, 10)} == {T0 + timedelta(seconds=0.5)}
+    assert rows.loc["s3://b/cam1/v1/frame_10.jpg", "date"] == date(2026, 11, 20)
+    assert rows.loc["s3://b/cam1/v2/a.jpg", "frame_idx"] == 0 and rows.loc["s3://b/cam1/v2/a.jpg", "date"] == date(2026, 11, 21)
+
+
+def _identity(inv) -> dict:
+    return inv.rows.set_index("uri")[["video_id", "frame_idx", "frame_ts", "date"]].to_dict("index")
+
+
+def test_frame_identity_does_not_depend_on_upload_time_or_selection():
+    from vidspark.featurize import Selection
+
+    objs = [obj(f"cam1/evt1/f{i:03d}.jpg", i) for i in range(20)]
+    before = _identity(build_inventory(objs, Layout("{camera_id}/{video_id}/**")))
+    # f005 uploaded again hours later (same bytes, new last-modified): nothing about any frame moves
+    reuploaded = [o if "f005" not in o.rel_key else obj(o.rel_key, 7200) for o in objs]
+    assert _identity(build_inventory(reuploaded, Layout("{camera_id}/{video_id}/**"))) == before
+    # a run selecting by time sees the same index and time for what it selects
+    since = T0 + timedelta(seconds=3)
+    narrowed = build_inventory(reuploaded, Layout("{camera_id}/{video_id}/**"), selection=Selection(since=since))
+    assert narrowed.rows.empty and narrowed.unselected == 20  # a folder is selected by its time, as a whole
+    sel = build_inventory(objs[10:] + objs[:10], Layout("{camera_id}/{video_id}/**"), selection=Selection(until=since))
+    assert _identity(sel) == before
+
+
+def test_a_still_named_like_a_video_beside_it_is_a_video_of_its_own():
+    objs = [obj("cam1/1430.mp4", 0), obj("cam1/1430.jpg", 1), obj("cam1/1431.jpg", 2)]
+    rows = build_inventory(objs, Layout("{camera_id}/{video_id}")).rows.set_index("key")
+    assert rows.loc["cam1/1430.mp4", "video_id"] == "1430"
+    assert rows.loc["cam1/1430.jpg", "video_id"] == "1430.jpg" and rows.loc["cam1/1430.jpg", "frame_idx"] == 0
+    assert rows["video_id"].nunique() == 3
 
 
 def test_layout_ts_and_defaults_and_mismatches():

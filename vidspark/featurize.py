@@ -77,18 +77,25 @@ class Selection:
 def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None) -> Inventory:
     """Parse listed objects with the layout into work rows (pure Python, driver side).
 
-    ``camera_id`` defaults to ``unknown``; ``frame_ts`` is the layout's ``{ts}`` or else the object's
-    last-modified time; ``frame_idx`` is the layout's ``{frame_idx}`` or else the natural-sort rank
-    of the key within its ``(camera_id, video_id)``, and 0 for images that belong to no video.
-    ``kind`` comes from the extension (``auto``: decided by content on the executor). A video
-    object's ``video_id`` defaults to its key without extension; its frames get their index and
-    time when decoded. With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into
-    events (see :func:`with_event_ids`).
+    Everything that identifies a frame is decided over every listed object, before ``selection``
+    narrows them, and never from upload order, so a night's run and a from-scratch run agree:
+
+    - ``camera_id`` defaults to ``unknown``; ``kind`` comes from the extension (``auto``: decided
+      by content on the executor).
+    - ``frame_ts`` is the layout's ``{ts}``, else the object's last-modified time. The frames of a
+      frame folder without ``{ts}`` all take the folder's earliest last-modified time (one time for
+      the folder, so re-uploading one frame moves nothing); their order is ``frame_idx``.
+    - ``frame_idx`` is the layout's ``{frame_idx}``, else the natural-sort rank of the key among the
+      listed frames of its ``(camera_id, video_id)``, and 0 for images that belong to no video.
+    - A video object's ``video_id`` defaults to its key without extension; its frames get their
+      index and time when decoded. A still whose ``{video_id}`` is its whole file name keeps the
+      extension in it, so ``cam1/1430.jpg`` beside ``cam1/1430.mp4`` is a video of its own.
+    - With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into events (see
+      :func:`with_event_ids`).
     """
     records: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     listed_uris: set[str] = set()
-    unselected = 0
     for obj in objects:
         listed_uris.add(obj.uri)
         try:
@@ -96,51 +103,55 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_second
         except LayoutMismatch as exc:
             errors.append({"uri": obj.uri, "stage": "layout", "error_type": "LayoutMismatch", "message": str(exc)})
             continue
-        ts = kf.ts or obj.last_modified
-        if selection is not None and not selection.takes(ts, kf.camera_id or UNKNOWN_CAMERA):
-            unselected += 1
-            continue
         kind = kind_of_key(obj.rel_key)
+        video_id = kf.video_id
+        if video_id is not None and kind == "image" and kf.file_field == "video_id":
+            video_id = obj.rel_key.rsplit("/", 1)[-1]
+        elif video_id is None and kind == "video":
+            video_id = key_without_extension(obj.rel_key)
         records.append(
             {
                 "uri": obj.uri,
                 "etag": obj.etag,
                 "camera_id": kf.camera_id or UNKNOWN_CAMERA,
-                "video_id": kf.video_id or (key_without_extension(obj.rel_key) if kind == "video" else None),
+                "video_id": video_id,
                 "frame_idx": kf.frame_idx,
-                "frame_ts": ts,
-                "date": ts.date(),
+                "frame_ts": kf.ts or obj.last_modified,
                 "label": kf.label,
                 "size": obj.size,
                 "key": obj.rel_key,
                 "kind": kind,
+                "_has_ts": kf.ts is not None,
             }
         )
     if not records:
-        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _WORK_COLUMNS}), errors, unselected, listed_uris)
+        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _WORK_COLUMNS}), errors, 0, listed_uris)
     rows = pd.DataFrame.from_records(records)
     rows["frame_ts"] = pd.to_datetime(rows["frame_ts"], utc=True)
     stills = rows["kind"] == "image"  # extension-less objects may be videos: never grouped or ranked as stills
+    folder = stills & rows["video_id"].notna() & ~rows["_has_ts"].astype(bool)  # frame folders whose keys carry no time
     if gap_seconds is not None:
         rows = with_event_ids(rows, gap_seconds=gap_seconds, mask=stills & rows["video_id"].isna())
+    in_video = stills & rows["video_id"].notna()
     missing_idx = rows["frame_idx"].isna()
     if missing_idx.any():
         idx = pd.Series(0, index=rows.index, dtype="int64")
-        in_video = missing_idx & rows["video_id"].notna() & stills
-        if in_video.any():
-            sub = rows[in_video].copy()
+        ranked = missing_idx & in_video
+        if ranked.any():
+            sub = rows[ranked].copy()
             sub["_nk"] = sub["key"].map(natural_key)
             sub = sub.sort_values(["camera_id", "video_id", "frame_ts", "_nk"] if gap_seconds is not None else ["camera_id", "video_id", "_nk"], kind="stable")
             idx.loc[sub.index] = sub.groupby(["camera_id", "video_id"], sort=False).cumcount().astype("int64")
         rows["frame_idx"] = rows["frame_idx"].where(~missing_idx, idx)
     rows["frame_idx"] = rows["frame_idx"].astype("int64")
-    if "ts" not in layout.fields and (rows["video_id"].notna() & stills).any():
-        # Without {ts}, a frame's time is its object's last-modified time, which follows upload order
-        # (1 s resolution on S3, parallel uploads). Make it non-decreasing in frame order, so that the
-        # (frame_ts, frame_idx) order is the file-name order the layout promises.
-        vid = rows[rows["video_id"].notna() & stills].sort_values(["camera_id", "video_id", "frame_idx"], kind="stable")
-        rows.loc[vid.index, "frame_ts"] = vid.groupby(["camera_id", "video_id"], sort=False)["frame_ts"].cummax()
-        rows["date"] = rows["frame_ts"].dt.date
+    if folder.any():
+        rows.loc[folder, "frame_ts"] = rows[folder].groupby(["camera_id", "video_id"])["frame_ts"].transform("min")
+    rows["date"] = rows["frame_ts"].dt.date
+    unselected = 0
+    if selection is not None:
+        takes = pd.Series([selection.takes(ts, cam) for ts, cam in zip(rows["frame_ts"], rows["camera_id"], strict=True)], index=rows.index, dtype=bool)
+        unselected = int((~takes).sum())
+        rows = rows[takes]
     for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
         rows[col] = None
     return Inventory(rows[_WORK_COLUMNS].reset_index(drop=True), errors, unselected, listed_uris)
@@ -231,7 +242,8 @@ def segment_of(row: dict[str, Any]) -> Segment:
 
 
 def _identity(row: dict[str, Any]) -> dict[str, Any]:
-    return {c: row[c] for c in _IDENTITY_COLUMNS}
+    """A work row's identity columns, and its object's time (the base of a video's frame times)."""
+    return {**{c: row[c] for c in _IDENTITY_COLUMNS}, "object_ts": row["frame_ts"]}
 
 
 def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "UTC") -> dict[str, Any]:
@@ -243,7 +255,9 @@ def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "U
     start = pd.Timestamp(row["frame_ts"])
     start = start.tz_localize(session_tz) if start.tzinfo is None else start
     ts = (start + pd.Timedelta(microseconds=round(frame.seconds * 1_000_000))).tz_convert("UTC")
-    ident.update(video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts.tz_convert(session_tz).tz_localize(None), date=ts.date())
+    ident.update(
+        video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts.tz_convert(session_tz).tz_localize(None), date=ts.date(), dropped_frames=frame.dropped_before
+    )
     return ident
 
 
@@ -512,6 +526,7 @@ def _run_model(
     records.extend(failed)
     out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
     out["frame_idx"] = out["frame_idx"].astype("int64")
+    out["dropped_frames"] = out["dropped_frames"].astype("Int64")  # null for stills
     return out
 
 
@@ -575,16 +590,57 @@ def with_driver_endpoint(conf: Conf) -> Conf:
 
 
 def existing_objects(spark: SparkSession, features: str, *, cameras: frozenset[str] | None = None) -> pd.DataFrame:
-    """``uri, etag, featurizer, camera_id, date`` of every object already in the feature store (empty if none)."""
-    cols = ["uri", "etag", "featurizer", "camera_id", "date"]
+    """One row per object and partition already in the feature store (empty if none).
+
+    ``uri, etag, featurizer, camera_id, date`` and what the object's rows say of its identity:
+    ``video_id``, ``label``, ``object_ts`` and its first ``frame_idx``/``frame_ts`` (UTC).
+    """
+    keys = ["uri", "etag", "featurizer", "camera_id", "date"]
+    facts = ["video_id", "label", "object_ts", "frame_idx", "frame_ts"]
     if not table_exists(spark, features):
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in keys + facts})
     df = read_table(spark, features, FEATURES_SCHEMA)
     if cameras is not None:
         df = df.where(F.col("camera_id").isin(sorted(cameras)))
-    out: pd.DataFrame = df.select(*cols).distinct().toPandas()
+    agg = [F.first("video_id").alias("video_id"), F.first("label").alias("label"), F.min("object_ts").alias("object_ts"), F.min("frame_idx").alias("frame_idx"), F.min("frame_ts").alias("frame_ts")]
+    out: pd.DataFrame = df.groupBy(*keys).agg(*agg).toPandas()
     out["date"] = [d.isoformat() for d in out["date"]]
+    session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
+    for col in ("object_ts", "frame_ts"):  # Spark hands timestamps over naive, in the session time zone
+        out[col] = pd.to_datetime(out[col]).dt.tz_localize(session_tz).dt.tz_convert("UTC")
     return out
+
+
+def unchanged_objects(rows: pd.DataFrame, existing: pd.DataFrame, fid: str) -> pd.Series:
+    """Which work rows the store already holds as they are: same ETag and featurizer, and the same identity.
+
+    Identity is what the listing decides: camera, label and object time for every object, and for a
+    still also its video, index and time (a frame inserted before it, or a folder whose earliest
+    frame changed, moves it). An object whose identity changed is featurized again like a changed one.
+    """
+    current = existing[existing["featurizer"] == fid]
+    if not len(current) or not len(rows):
+        return pd.Series(False, index=rows.index, dtype=bool)
+    first = {c: (c, "first") for c in ("etag", "camera_id", "video_id", "label")}
+    least = {c: (c, "min") for c in ("object_ts", "frame_idx", "frame_ts")}
+    stored = current.groupby("uri", sort=False).agg(**first, **least)
+    have = stored.to_dict("index")
+
+    def same(row: dict[str, Any]) -> bool:
+        s = have.get(row["uri"])
+        if s is None or s["etag"] != row["etag"] or s["camera_id"] != row["camera_id"] or _na(s["label"]) != _na(row["label"]):
+            return False
+        if pd.isna(s["object_ts"]) or s["object_ts"] != row["frame_ts"]:
+            return False
+        if row["kind"] == "image":
+            return bool(_na(s["video_id"]) == _na(row["video_id"]) and s["frame_idx"] == row["frame_idx"] and s["frame_ts"] == row["frame_ts"])
+        return row["kind"] != "video" or _na(s["video_id"]) == _na(row["video_id"])
+
+    return pd.Series([same(r) for r in rows[["uri", "etag", "camera_id", "video_id", "label", "frame_idx", "frame_ts", "kind"]].to_dict("records")], index=rows.index, dtype=bool)
+
+
+def _na(value: Any) -> Any:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
 
 
 def featurize(
@@ -677,8 +733,7 @@ def _featurize(
     existing = existing_objects(spark, output, cameras=selection.cameras if selection else None)
     skipped = 0
     if not full and len(existing) and len(rows):
-        have = set(zip(existing.loc[existing["featurizer"] == fid, "uri"], existing.loc[existing["featurizer"] == fid, "etag"], strict=True))
-        unchanged = pd.Series([(u, e) in have for u, e in zip(rows["uri"], rows["etag"], strict=True)], index=rows.index, dtype=bool)
+        unchanged = unchanged_objects(rows, existing, fid)
         skipped = int(rows.loc[unchanged, "uri"].nunique())
         rows = rows[~unchanged].reset_index(drop=True)
     # Old rows go only when the object changed (a new, known etag), was featurized again successfully,

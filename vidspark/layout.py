@@ -36,6 +36,7 @@ class KeyFields:
     video_id: str | None = None
     frame_idx: int | None = None
     ts: datetime | None = None
+    file_field: str | None = None  # the field that took the whole file name (without its extension), if any
 
 
 class LayoutMismatch(ValueError):
@@ -62,16 +63,20 @@ class Layout:
         self.template = template
         self.ts_format = ts_format
         self.alternatives = [t.strip() for t in template.split("|")]
-        self.regexes = [self._compile(t) for t in self.alternatives]
+        compiled = [self._compile(t) for t in self.alternatives]
+        self.regexes = [rx for rx, _ in compiled]
+        self.file_fields = [name for _, name in compiled]
         self.fields = tuple(dict.fromkeys(name for rx in self.regexes for name in rx.groupindex))
 
     @staticmethod
-    def _compile(template: str) -> re.Pattern[str]:
+    def _compile(template: str) -> tuple[re.Pattern[str], str | None]:
+        """The regex of one alternative, and the field that is its whole last component (None if none)."""
         if not template or not template.strip("/"):
             raise LayoutError(f"layout template {template!r} is empty; example: '{{label}}/**'")
         parts = template.strip("/").split("/")
         seen: set[str] = set()
         pattern = ""
+        file_field = None
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if part == "**":
@@ -103,8 +108,9 @@ class Layout:
             piece += re.escape(rest)
             if last and len(tokens) == 1 and tokens[0].span() == (0, len(part)):
                 piece += r"(?:\.[^./]+)?"  # whole-file field: drop the extension
+                file_field = tokens[0].group(1)
             pattern += piece + ("" if last else "/")
-        return re.compile(pattern + r"\Z", re.DOTALL)
+        return re.compile(pattern + r"\Z", re.DOTALL), file_field
 
     def parse(self, key: str) -> KeyFields:
         """Parse one relative key.
@@ -114,10 +120,11 @@ class Layout:
         LayoutMismatch
             If the key does not fit, or ``{frame_idx}``/``{ts}`` do not parse.
         """
-        m = next((m for m in (rx.match(key) for rx in self.regexes) if m is not None), None)
+        m, file_field = next(((m, f) for m, f in ((rx.match(key), f) for rx, f in zip(self.regexes, self.file_fields, strict=True)) if m is not None), (None, None))
         if m is None:
             raise LayoutMismatch(f"key {key!r} does not fit layout {self.template!r}")
         values: dict[str, Any] = dict(m.groupdict())
+        values["file_field"] = file_field
         if values.get("frame_idx") is not None:
             values["frame_idx"] = int(values["frame_idx"])
         if values.get("ts") is not None:

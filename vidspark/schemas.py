@@ -47,11 +47,20 @@ PLAN_SCHEMA = T.StructType(
     ]
 )
 
+# What the listing and the decoder said about a frame's object, beside its identity: the object's own time
+# (``{ts}`` of its key, else its last-modified; a frame folder without ``{ts}``: its earliest object's), which
+# the incremental diff compares with the next listing, and the empty "dropped-frame" slots before the frame (AVI).
+SOURCE_FIELDS = [
+    T.StructField("object_ts", T.TimestampType(), True),
+    T.StructField("dropped_frames", T.LongType(), True),
+]
+
 FEATURES_SCHEMA = T.StructType(
     [
         *IDENTITY_FIELDS,
         T.StructField("features", T.ArrayType(T.FloatType(), False), False),
         T.StructField("featurizer", T.StringType(), False),
+        *SOURCE_FIELDS,
     ]
 )
 
@@ -71,6 +80,7 @@ FEATURIZE_RESULT_SCHEMA = T.StructType(
         *IDENTITY_FIELDS,
         T.StructField("features", T.ArrayType(T.FloatType(), False), True),
         T.StructField("featurizer", T.StringType(), True),
+        *SOURCE_FIELDS,
         *_ERROR_FIELDS,
     ]
 )
@@ -86,6 +96,7 @@ FRAME_PREDICTIONS_SCHEMA = T.StructType(
         T.StructField("smoothed_probabilities", _PROB, False),
         T.StructField("smoothed_label", T.StringType(), False),
         T.StructField("smoothed_prob", T.DoubleType(), False),
+        T.StructField("dropped_frames", T.LongType(), True),
         T.StructField("label", T.StringType(), True),
     ]
 )
@@ -98,6 +109,7 @@ VIDEO_PREDICTIONS_SCHEMA = T.StructType(
         T.StructField("start_ts", T.TimestampType(), False),
         T.StructField("end_ts", T.TimestampType(), False),
         T.StructField("n_frames", T.LongType(), False),
+        T.StructField("dropped_frames", T.LongType(), False),
         T.StructField("label", T.StringType(), False),
         T.StructField("prob", T.DoubleType(), False),
         T.StructField("mean_probabilities", _PROB, False),
