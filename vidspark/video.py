@@ -586,17 +586,19 @@ def _check_complete(container: Any, stream: Any, source: Any, *, frame_no: int, 
     """
     where = f"frame {frame_no}, t={float(last_t or 0):.3f} s"
     name = container.format.name
-    if name in ("mpegts", "avi"):
-        size = source.size if isinstance(source, RangeReader) else _file_size(source)
-        if name == "mpegts":
-            if all(size % p for p in (188, 192, 204)):
-                return f"MPEG-TS file of {size} bytes ends inside a transport packet ({where}): file truncated?"
-            return None
-        head = read_head(source, 12)
-        declared = int.from_bytes(head[4:8], "little") + 8 if head[:4] == b"RIFF" else 0
-        if size < declared:
-            return f"AVI file of {size} bytes is shorter than the {declared} bytes its RIFF header declares (it stops at {where}): file truncated?"
+    size = source.size if isinstance(source, RangeReader) else _file_size(source)
+    if name == "mpegts":
+        if all(size % p for p in (188, 192, 204)):
+            return f"MPEG-TS file of {size} bytes ends inside a transport packet ({where}): file truncated?"
         return None
+    if name == "avi" or name.startswith("matroska"):
+        head = read_head(source, 64)
+        declared = int.from_bytes(head[4:8], "little") + 8 if head[:4] == b"RIFF" else _ebml_segment_end(head)
+        if declared is not None and size < declared:
+            what = "RIFF header" if name == "avi" else "Matroska segment"
+            return f"file of {size} bytes is shorter than the {declared} bytes its {what} declares (it stops at {where}): file truncated?"
+        if name == "avi":
+            return None
     if not has_timestamps(container) or data_end is None:
         return None
     if stream.duration and stream.time_base:
@@ -608,6 +610,32 @@ def _check_complete(container: Any, stream: Any, source: Any, *, frame_no: int, 
     if declared_s - float(data_end) > max(3 / float(rate), 0.5):
         return f"the stream stops at t={float(data_end):.3f} s of {declared_s:.3f} s declared ({where}): file truncated?"
     return None
+
+
+def _ebml_vint(buf: bytes, pos: int, *, marker: bool) -> tuple[int | None, int]:
+    """One EBML variable-length integer at ``pos``: (value, next position); value None where unknown or cut off."""
+    if pos >= len(buf) or buf[pos] == 0:
+        return None, len(buf)
+    length = 9 - buf[pos].bit_length()
+    if pos + length > len(buf):
+        return None, len(buf)
+    value = buf[pos] if marker else buf[pos] & ((1 << (8 - length)) - 1)
+    for b in buf[pos + 1 : pos + length]:
+        value = (value << 8) | b
+    if not marker and value == (1 << (7 * length)) - 1:
+        return None, pos + length  # "unknown size" (a live recording)
+    return value, pos + length
+
+
+def _ebml_segment_end(head: bytes) -> int | None:
+    """Where a Matroska/WebM file's Segment says the file ends (EBML header, then Segment's ID and size), or None."""
+    ident, pos = _ebml_vint(head, 0, marker=True)
+    size, pos = _ebml_vint(head, pos, marker=False)
+    if ident != 0x1A45DFA3 or size is None:
+        return None
+    ident, pos = _ebml_vint(head, pos + size, marker=True)
+    size, pos = _ebml_vint(head, pos, marker=False)
+    return pos + size if ident == 0x18538067 and size is not None else None
 
 
 def _file_size(path: str) -> int:
