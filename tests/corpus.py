@@ -606,7 +606,11 @@ def _mdat_payload(data: bytes) -> tuple[int, int] | None:
 
 
 def damage(src: CorpusFile, directory: Path) -> list[Path]:
-    """Write ``<stem>.cut<ext>`` (the first 60 % of the bytes, plus 7 so that the cut falls inside a packet as a dropped upload does) and ``<stem>.corrupt<ext>`` (~2 % overwritten with seeded noise around the middle of the media data)."""
+    """Write ``<stem>.cut<ext>`` and ``<stem>.corrupt<ext>``.
+
+    The cut copy keeps the first 60 % of the bytes plus 7, so the cut falls inside a packet as a dropped
+    upload does; the corrupt copy has ~2 % overwritten with seeded noise around the middle of the media data.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = src.path.read_bytes()

@@ -43,7 +43,7 @@ def put_mp4(sink: LocalSink, cam: str, start: datetime, label: str, seed: int) -
 def night1(root: Path) -> int:
     sink = LocalSink(root)
     n = put_video_folder(sink, "cam1", "v1", "car", MIDNIGHT - timedelta(hours=2), range(8), 1)
-    n += put_video_folder(sink, "cam1", "late", "person", MIDNIGHT - timedelta(seconds=8), range(8), 2)  # crosses midnight on night 2
+    n += put_video_folder(sink, "cam1", "late", "person", MIDNIGHT - timedelta(seconds=8), range(8), 2)  # grows past midnight on night 2
     n += put_mp4(sink, "cam3", MIDNIGHT - timedelta(hours=1), "car", 3)
     return n
 
@@ -102,16 +102,17 @@ def test_two_nights_equal_a_run_from_scratch(spark, model_dir, tmp_path):
     assert r2["featurized_objects"] == m + 1, r2  # the M new objects and the changed one, nothing else
     assert r2["skipped_unchanged"] == n - 1 and r2["replaced_objects"] == 1
     assert rec2["status"] == "ok" and rec2["exit_code"] == 0 and {"list_s", "featurize_s", "write_s"} <= set(r2["timings"])
-    assert {(p["camera_id"], p["date"]) for p in r2["partitions"]} == {("cam1", "2026-11-20"), ("cam1", "2026-11-21"), ("cam2", "2026-11-21"), ("cam3", "2026-11-21")}
+    # a frame folder has one time, its earliest frame's: frames uploaded after midnight stay in its day
+    assert {(p["camera_id"], p["date"]) for p in r2["partitions"]} == {("cam1", "2026-11-20"), ("cam2", "2026-11-21"), ("cam3", "2026-11-21")}
     assert rec2["summary"]["predict"]["model_sha256"]
 
     scratch = tmp_path / "scratch"
     r = run_night(spark, archive, scratch, model_dir, "scratch")["summary"]["featurize"]
     assert r["featurized_objects"] == n + m
     assert_same_predictions(spark, out, scratch)
-    # the video that crosses midnight was smoothed with its frames from night 1
-    late = table(spark, out / "predictions" / "frames", ["frame_ts"]).query("video_id == 'late'")
-    assert list(late["frame_idx"]) == list(range(14)) and {d.isoformat() for d in late["date"]} == {"2026-11-20", "2026-11-21"}
+    # the folder that grew past midnight was smoothed with its frames from night 1
+    late = table(spark, out / "predictions" / "frames", ["frame_idx"]).query("video_id == 'late'")
+    assert list(late["frame_idx"]) == list(range(14)) and {d.isoformat() for d in late["date"]} == {"2026-11-20"}
 
     # a third night with nothing new featurizes nothing; --prune drops a deleted object's rows
     assert run_night(spark, archive, out, model_dir, "night3")["summary"]["featurize"]["featurized_objects"] == 0

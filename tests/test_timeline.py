@@ -41,6 +41,7 @@ def frames_rows(camera: str, video: str, n: int, seed: int) -> list[tuple]:
                 [float(x) for x in s],
                 CLASSES[int(s.argmax())],
                 float(s.max()),
+                0,
                 None,
             )
         )
