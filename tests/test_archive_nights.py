@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import train_model
 from vidspark.cli import main
-from vidspark.synthetic import LocalSink, encode_video, jpeg_bytes, scene, write_labeled_set
+from vidspark.synthetic import encode_video, jpeg_bytes, scene
 
 pytestmark = pytest.mark.slow
 
@@ -111,11 +112,7 @@ class Archive:
 
 @pytest.fixture(scope="module")
 def model_dir(spark, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("nights-model")
-    write_labeled_set(LocalSink(root / "labeled"), classes=("car", "person"), per_class=12, seed=3, size=(64, 48))
-    assert main(["featurize", "--input", str(root / "labeled"), "--output", str(root / "features"), *COMMON], spark=spark) == 0
-    assert main(["train", "--features", str(root / "features"), "--model", str(root / "model"), "--folds", "3", *COMMON], spark=spark) == 0
-    return root / "model"
+    return train_model(spark, tmp_path_factory.mktemp("nights-model"), COMMON, per_class=12, seed=3, size=(64, 48), folds=3)
 
 
 def run(spark, input_uri: str, out: Path, model: Path, run_id: str, *extra: str) -> None:

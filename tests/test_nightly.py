@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import train_model
 from vidspark.cli import main
-from vidspark.synthetic import LocalSink, encode_video, jpeg_bytes, scene, write_labeled_set
+from vidspark.synthetic import LocalSink, encode_video, jpeg_bytes, scene
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +62,7 @@ def night2(root: Path) -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    write_labeled_set(LocalSink(root / "labeled"), classes=("car", "person"), per_class=16, seed=11, size=(160, 120))
-    assert main(["featurize", "--input", str(root / "labeled"), "--output", str(root / "features"), *COMMON], spark=spark) == 0
-    assert main(["train", "--features", str(root / "features"), "--model", str(root / "model"), "--folds", "4", *COMMON], spark=spark) == 0
-    return root / "model"
+    return train_model(spark, tmp_path_factory.mktemp("model"), COMMON, per_class=16, seed=11, size=(160, 120), folds=4)
 
 
 def run_night(spark, archive: Path, out: Path, model: Path, run_id: str, *extra: str) -> dict:

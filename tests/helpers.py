@@ -1,0 +1,16 @@
+"""Helpers shared by test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidspark.cli import main
+from vidspark.synthetic import LocalSink, write_labeled_set
+
+
+def train_model(spark, root: Path, args: list[str], *, per_class: int, seed: int, size: tuple[int, int], folds: int) -> Path:
+    """Featurize a synthetic two-class labeled set under ``root`` and train on it with ``args``; returns the model folder."""
+    write_labeled_set(LocalSink(root / "labeled"), classes=("car", "person"), per_class=per_class, seed=seed, size=size)
+    assert main(["featurize", "--input", str(root / "labeled"), "--output", str(root / "features"), *args], spark=spark) == 0
+    assert main(["train", "--features", str(root / "features"), "--model", str(root / "model"), "--folds", str(folds), *args], spark=spark) == 0
+    return root / "model"
