@@ -62,8 +62,8 @@ def matmul_gflops(n: int = 2048, repeat: int = 20) -> float:
 
 
 def model_ceiling(batch_sizes: list[int], n_frames: int, precision: str = "float32") -> dict[str, Any]:
+    from vidspark.backbone import Featurizer
     from vidspark.config import FeaturizerConf
-    from vidspark.featurizer import Featurizer
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(max(batch_sizes), 224, 224, 3), dtype=np.uint8)
@@ -86,8 +86,8 @@ def notebook_loop(endpoint: str, bucket: str, prefix: str, launched: float, batc
     import tensorflow as tf  # noqa: F401
     from PIL import Image
 
+    from vidspark.backbone import build_model, preprocess
     from vidspark.config import FeaturizerConf
-    from vidspark.featurizer import build_model, preprocess
 
     client = boto3.client("s3", endpoint_url=endpoint)
     keys = sorted(o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", []))

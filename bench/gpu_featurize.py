@@ -46,8 +46,8 @@ def gpu_name() -> str | None:
 
 
 def ceiling(batch: int, precision: str, xla: bool, n_frames: int) -> float:
+    from vidspark.backbone import Featurizer
     from vidspark.config import FeaturizerConf
-    from vidspark.featurizer import Featurizer
 
     model = Featurizer(FeaturizerConf(weights="random", batch_size=batch, precision=precision, xla=xla))
     frames = np.random.default_rng(0).integers(0, 256, size=(batch, 224, 224, 3), dtype=np.uint8)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from vidspark.config import FeaturizerConf, StorageConf, VideoConf
-from vidspark.featurize import _load_one
+from vidspark.frames import _load_one
 from vidspark.synthetic import S3Sink, encode_video, jpeg_bytes, scene
 from vidspark.video import DecodeReport, decode_frames
 
@@ -169,7 +169,7 @@ def test_mutation_fuzz_of_jpeg_png_and_mp4_decoding(tmp_path):
 def test_image_decode_that_runs_past_the_time_limit_is_an_error_row(tmp_path):
     import pandas as pd
 
-    from vidspark.featurize import make_featurize_fn
+    from vidspark.frames import make_featurize_fn
 
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(scene("car", np.random.default_rng(1), size=(64, 48))))
     slow = tmp_path / "slow.jpg"

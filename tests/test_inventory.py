@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from datetime import date, datetime, timedelta, timezone
 
-from vidspark.featurize import UNKNOWN_CAMERA, build_inventory
+from vidspark.inventory import UNKNOWN_CAMERA, build_inventory
 from vidspark.layout import Layout
 from vidspark.storage import ObjectInfo, list_objects, parse_uri
 
@@ -30,7 +30,7 @@ def _identity(inv) -> dict:
 
 
 def test_frame_identity_does_not_depend_on_upload_time_or_selection():
-    from vidspark.featurize import Selection
+    from vidspark.inventory import Selection
 
     objs = [obj(f"cam1/evt1/f{i:03d}.jpg", i) for i in range(20)]
     before = _identity(build_inventory(objs, Layout("{camera_id}/{video_id}/**")))

@@ -58,7 +58,7 @@ def parse_when(flag: str, text: str | None) -> datetime | None:
 
 
 def _selection(args: argparse.Namespace) -> Any:
-    from vidspark.featurize import Selection
+    from vidspark.inventory import Selection
 
     since, until = parse_when("--since", getattr(args, "since", None)), parse_when("--until", getattr(args, "until", None))
     if since and until and since >= until:

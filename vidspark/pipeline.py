@@ -12,7 +12,8 @@ from pyspark.sql import SparkSession
 
 from vidspark.config import Conf, VideoConf
 from vidspark.errors import ErrorFractionExceeded
-from vidspark.featurize import Selection, featurize
+from vidspark.featurize import featurize
+from vidspark.inventory import Selection
 from vidspark.outputs import delete_path, join, list_names, read_text, write_json
 from vidspark.predict import predict
 from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera

@@ -21,9 +21,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from vidspark.backbone import task_cpus
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
-from vidspark.featurizer import task_cpus
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
 from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists, write_json
 from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA

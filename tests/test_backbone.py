@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pytest
 
+from vidspark.backbone import FEATURE_DIM, build_model, featurize_arrays, featurizer_id, preprocess
 from vidspark.config import FeaturizerConf
 from vidspark.errors import ConfigError
-from vidspark.featurizer import FEATURE_DIM, build_model, featurize_arrays, featurizer_id, preprocess
 
 PROBE = """
 import numpy as np, sys
 from vidspark.config import FeaturizerConf
-from vidspark.featurizer import build_model, featurize_arrays
+from vidspark.backbone import build_model, featurize_arrays
 x = np.random.default_rng(5).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
 f = featurize_arrays(build_model(FeaturizerConf(weights="random", seed=3, image_size=64)), x)
 np.save(sys.argv[1], f)
@@ -103,7 +103,7 @@ def _scenes(n: int, size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def float32_featurizer():
-    from vidspark.featurizer import Featurizer
+    from vidspark.backbone import Featurizer
 
     return Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4))
 
@@ -121,7 +121,7 @@ def test_compiled_call_equals_keras_predict_for_any_batch_size(float32_featurize
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_features_within_1e_2_of_float32(float32_featurizer, precision):
     """featurizer.precision: per frame, |f_mixed - f_32| / |f_32| <= 1e-2 (the contract that lets them share a store)."""
-    from vidspark.featurizer import Featurizer
+    from vidspark.backbone import Featurizer
 
     x = _scenes(8, 64)
     try:
@@ -142,7 +142,7 @@ def test_mixed_precision_features_within_1e_2_of_float32(float32_featurizer, pre
 
 
 def test_xla_pads_the_last_batch_and_matches_float32(float32_featurizer):
-    from vidspark.featurizer import Featurizer
+    from vidspark.backbone import Featurizer
 
     x = _scenes(6, 64)
     xla = Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4, xla=True))
@@ -174,8 +174,8 @@ class _FakeTF:
 
 
 def test_device_is_the_gpu_spark_assigned():
+    from vidspark.backbone import choose_device
     from vidspark.errors import ModelError
-    from vidspark.featurizer import choose_device
 
     cfg = _FakeConfig(["gpu0", "gpu1", "gpu2"])
     assert choose_device(_FakeTF(cfg), "2") == "/GPU:2"
@@ -189,7 +189,7 @@ def test_device_is_the_gpu_spark_assigned():
 
 def test_tensorflow_threads_follow_the_task(monkeypatch):
     """Set before the runtime starts (the Featurizer does it before entering a device scope)."""
-    from vidspark import featurizer
+    from vidspark import backbone
 
     calls = []
 
@@ -204,11 +204,11 @@ def test_tensorflow_threads_follow_the_task(monkeypatch):
         class config:
             threading = Threading()
 
-    monkeypatch.setattr(featurizer, "task_cpus", lambda: 4)
-    featurizer.configure_threads(TF, FeaturizerConf())
+    monkeypatch.setattr(backbone, "task_cpus", lambda: 4)
+    backbone.configure_threads(TF, FeaturizerConf())
     assert calls == [("intra", 4), ("inter", 2)]
     calls.clear()
-    featurizer.configure_threads(TF, FeaturizerConf(threads=2))
+    backbone.configure_threads(TF, FeaturizerConf(threads=2))
     assert calls == [("intra", 2), ("inter", 1)]
 
 
@@ -217,7 +217,7 @@ def test_task_gpu_reads_the_task_resources(monkeypatch):
     from pyspark import TaskContext
     from pyspark.resource import ResourceInformation
 
-    from vidspark.featurizer import task_cpus, task_gpu
+    from vidspark.backbone import task_cpus, task_gpu
 
     class Ctx:
         def __init__(self, res: dict) -> None:
@@ -241,7 +241,7 @@ def test_thread_setting_reaches_a_real_tensorflow(tmp_path):
     code = (
         "import tensorflow as tf\n"
         "from vidspark.config import FeaturizerConf\n"
-        "from vidspark.featurizer import Featurizer\n"
+        "from vidspark.backbone import Featurizer\n"
         "Featurizer(FeaturizerConf(weights='random', image_size=32, batch_size=2, threads=1))\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())\n"
     )

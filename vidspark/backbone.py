@@ -1,4 +1,4 @@
-"""ResNet50 featurizer: model factory cached per Python worker, numpy batches in and out.
+"""The ResNet50 backbone: model factory cached per Python worker, device and precision, numpy batches in and out.
 
 Nothing here touches Spark, so it is testable on plain arrays. TensorFlow is imported inside the
 factory, never at module import, so the driver and non-featurizing workers do not pay for it.

@@ -1,0 +1,366 @@
+"""The featurize stage on executors: fetch, decode and batch frames, run the model (one ``mapInPandas`` pass).
+
+Each task fetches objects on a small thread pool, decodes them (Pillow for stills, PyAV for videos)
+and runs the model on numpy batches while the next batch's objects are already being fetched.
+Encoded bytes never travel through Spark rows, so an object's size does not matter to Spark, and
+executor memory is bounded by two model batches of decoded frames. The video probe that cuts long
+recordings into segments is here too.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark import AccumulatorParam
+from pyspark.sql import DataFrame
+
+from vidspark.backbone import cached_model, featurize_arrays
+from vidspark.config import FeaturizerConf, StorageConf, VideoConf
+from vidspark.imaging import decode_image
+from vidspark.inventory import key_without_extension
+from vidspark.schemas import FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA
+from vidspark.storage import cached_s3_client, read_object
+from vidspark.video import WHOLE, DecodeReport, Segment, VideoFrame, decode_frames, is_storage_error, open_source, probe_segments, read_head, sniff_is_video
+
+_PLAN_COLUMNS = PLAN_SCHEMA.fieldNames()
+_RESULT_COLUMNS = FEATURIZE_RESULT_SCHEMA.fieldNames()
+_IDENTITY_COLUMNS = [f.name for f in IDENTITY_FIELDS]
+
+
+Loaded = tuple[np.ndarray | None, tuple[str, str, str] | None]
+
+
+def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageConf) -> Loaded:
+    """Fetch and decode one image; a failure is returned as (stage, error_type, message)."""
+    try:
+        client = cached_s3_client(sconf) if uri.startswith("s3://") else None
+        data = read_object(uri, client=client, etag=etag, attempts=sconf.max_attempts)
+    except Exception as exc:  # any storage failure is a per-object errors row, never a task failure
+        return None, ("fetch", type(exc).__name__, str(exc)[:2000])
+    try:
+        return decode_image(data, size=fconf.image_size, max_pixels=fconf.max_image_pixels), None
+    except Exception as exc:  # DecodeError, or anything odd EXIF/TIFF/codec data raises: one object's row, never the job
+        return None, ("decode", type(exc).__name__, str(exc)[:2000])
+
+
+def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf) -> Loaded | str:
+    """An object whose extension says nothing: ``"video"`` when its first bytes are a container, else the image."""
+    try:
+        head = read_head(open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf))
+    except Exception as exc:  # storage failure: the object's errors row
+        return None, ("fetch", type(exc).__name__, str(exc)[:2000])
+    if sniff_is_video(head):
+        return "video"
+    return _load_one(row["uri"], row["etag"], fconf, sconf)
+
+
+def _timed_load(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf, started: dict[int, float], token: int, durations: list[float]) -> Loaded | str:
+    """Load one image (or sniff an extension-less object), noting when a fetch thread started on it and how long it took."""
+    started[token] = t0 = time.monotonic()
+    try:
+        return _load_auto(row, fconf, sconf, vconf) if row["kind"] == "auto" else _load_one(row["uri"], row["etag"], fconf, sconf)
+    finally:
+        durations.append(time.monotonic() - t0)  # list.append is atomic: no lock between fetch threads
+
+
+def opt_int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def segment_of(row: dict[str, Any]) -> Segment:
+    """The :class:`Segment` a work row stands for (the whole video when it was not split)."""
+    return Segment(
+        start_pts=opt_int(row.get("seg_start")),
+        end_pts=opt_int(row.get("seg_end")),
+        first_idx=opt_int(row.get("first_idx")) or 0,
+        prev_pts=opt_int(row.get("prev_pts")),
+        last_idx=opt_int(row.get("last_idx")),
+        seg_no=opt_int(row.get("seg_no")) or 0,
+    )
+
+
+def _identity(row: dict[str, Any]) -> dict[str, Any]:
+    """A work row's identity columns, and its object's time (the base of a video's frame times)."""
+    return {**{c: row[c] for c in _IDENTITY_COLUMNS}, "object_ts": row["frame_ts"]}
+
+
+def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "UTC") -> dict[str, Any]:
+    """A video frame's identity: its time is the object's start plus its pts; its date is the UTC date, as for stills.
+
+    Timestamps reach ``mapInPandas`` naive, in the session time zone, and must leave the same way.
+    """
+    ident = _identity(row)
+    start = pd.Timestamp(row["frame_ts"])
+    start = start.tz_localize(session_tz) if start.tzinfo is None else start
+    ts = (start + pd.Timedelta(microseconds=round(frame.seconds * 1_000_000))).tz_convert("UTC")
+    ident.update(
+        video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts.tz_convert(session_tz).tz_localize(None), date=ts.date(), dropped_frames=frame.dropped_before
+    )
+    return ident
+
+
+def _error_stage(source: Any) -> str:
+    return "fetch" if is_storage_error(source) else "decode"
+
+
+def make_probe_fn(vconf: VideoConf, sconf: StorageConf) -> Any:
+    """The ``mapInPandas`` function of the probe stage: a large video in, one row per segment out."""
+
+    def plan_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            out: list[dict[str, Any]] = []
+            for row in pdf.to_dict("records"):
+                base = {**row, "stage": None, "error_type": None, "message": None}
+                try:
+                    source = open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf)
+                    segments, report = probe_segments(source, vconf)
+                    stage = _error_stage(source)
+                except Exception as exc:  # a probe that fails for any reason is this video's errors row
+                    segments, report, stage = [], DecodeReport(errors=[(type(exc).__name__, str(exc))]), "decode"
+                for seg in segments:
+                    out.append({**base, "seg_start": seg.start_pts, "seg_end": seg.end_pts, "first_idx": seg.first_idx, "prev_pts": seg.prev_pts, "last_idx": seg.last_idx, "seg_no": seg.seg_no})
+                err = report.error()
+                if err is not None:
+                    out.append({**base, "stage": stage, "error_type": err[0], "message": err[1][:2000]})
+            yield pd.DataFrame.from_records(out, columns=_PLAN_COLUMNS)
+
+    return plan_partition
+
+
+class TaskStats(AccumulatorParam):  # type: ignore[type-arg]
+    """Spark accumulator of featurize task timings: keys ending in ``_max`` keep the maximum, others add up.
+
+    Per task: ``tasks``, ``frames``, ``task_s`` (whole task), ``startup_s_max`` (task start to the
+    model's first call: model build in a fresh worker, the first batch's fetches), ``model_s`` (in model calls),
+    ``wait_s`` (model thread waiting for frames: fetch/decode could not keep up), ``decode_s``
+    (fetch and decode of images, summed over threads; videos decode in the producer thread).
+    """
+
+    def zero(self, value: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def addInPlace(self, a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        for k, v in b.items():
+            a[k] = max(a.get(k, 0.0), v) if k.endswith("_max") else a.get(k, 0.0) + v
+        return a
+
+
+class _Stopped(Exception):
+    """The consumer went away; the producer thread ends quietly."""
+
+
+_DONE = object()
+
+
+def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None) -> Any:
+    """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
+
+    A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
+    a look-ahead of two model batches, videos streamed and decoded in order) and hands them over a
+    bounded queue; the task's own thread runs the model on full batches. Memory is bounded by the
+    queue, the look-ahead and the model batch, whatever the objects' sizes.
+    """
+    vconf = vconf or VideoConf()
+
+    def featurize_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        t_task = time.perf_counter()
+        work = [r for pdf in batches for r in pdf.to_dict("records")]  # metadata only, a few hundred bytes a row
+        if not work:
+            return
+        timing = {"tasks": 1.0, "frames": 0.0, "model_s": 0.0, "wait_s": 0.0}
+        durations: list[float] = []  # fetch + decode of each image, from the pool threads
+        frames: queue.Queue[Any] = queue.Queue(maxsize=max(2, fconf.batch_size))
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            while True:
+                if stop.is_set():
+                    raise _Stopped
+                try:
+                    frames.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+        def emit_video(row: dict[str, Any], segment: Segment | None = None) -> None:
+            report = DecodeReport()
+            source: Any = None
+            try:
+                segment = segment_of(row) if segment is None else segment
+                source = open_source(row["uri"], size=opt_int(row["size"]) or 0, etag=row["etag"], sconf=sconf, vconf=vconf)
+                for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report, stall_timeout_s=fconf.decode_timeout_s):
+                    put((_frame_identity(row, frame, session_tz), frame.pixels, None))
+            except _Stopped:
+                raise
+            except Exception as exc:  # anything PyAV or the reader raises is this video's errors row
+                report.add(type(exc).__name__, str(exc))
+            err = report.error()
+            if err is not None:
+                put((_identity(row), None, (_error_stage(source), err[0], err[1][:2000])))
+
+        def produce() -> None:
+            try:
+                pool = ThreadPoolExecutor(max_workers=fconf.fetch_threads, thread_name_prefix="vidspark-fetch")
+                try:
+                    pending: dict[Future[Any], tuple[dict[str, Any], int]] = {}
+                    started: dict[int, float] = {}  # token -> when a fetch thread began the object
+                    abandoned: list[Future[Any]] = []
+                    lookahead = max(2 * fconf.batch_size, 2 * fconf.fetch_threads)
+
+                    def emit(row: dict[str, Any], result: Any) -> None:
+                        if result == "video":
+                            emit_video({**row, "video_id": row["video_id"] or key_without_extension(row["key"])}, WHOLE)
+                        else:
+                            put((_identity(row), result[0], result[1]))
+
+                    def drain(keep: int) -> None:
+                        # Completion order, not submission order: an object stuck in retries holds one
+                        # fetch thread, not the whole task. One that runs past decode_timeout_s becomes
+                        # an errors row; its thread is abandoned (Python cannot stop it) and the task goes on.
+                        while len(pending) > keep:
+                            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                row, token = pending.pop(fut)
+                                started.pop(token, None)
+                                emit(row, fut.result())
+                            now = time.monotonic()
+                            for fut, (row, token) in list(pending.items()):
+                                if now - started.get(token, now) > fconf.decode_timeout_s:
+                                    del pending[fut]
+                                    abandoned.append(fut)
+                                    put((_identity(row), None, ("decode", "DecodeTimeout", f"fetch and decode took over featurizer.decode_timeout_s ({fconf.decode_timeout_s:g} s)")))
+
+                    for row in work:
+                        if row["kind"] == "video":
+                            drain(0)
+                            emit_video(row)
+                            continue
+                        token = id(row)  # rows live as long as the task
+                        pending[pool.submit(_timed_load, row, fconf, sconf, vconf, started, token, durations)] = (row, token)
+                        drain(lookahead)
+                    drain(0)
+                finally:
+                    pool.shutdown(wait=not stop.is_set() and not abandoned, cancel_futures=True)  # the task went away: do not fetch what nobody reads
+                put(_DONE)
+            except _Stopped:
+                return
+            except BaseException as exc:  # a bug, not a bad object: hand it to the task thread, which fails the task
+                try:
+                    put(exc)
+                except _Stopped:
+                    return
+
+        producer = threading.Thread(target=produce, name="vidspark-frames", daemon=True)
+        producer.start()
+        try:
+            batch: list[tuple[dict[str, Any], np.ndarray]] = []
+            failed: list[dict[str, Any]] = []
+            while True:
+                t_wait = time.perf_counter()
+                try:
+                    item = frames.get(timeout=1.0)
+                except queue.Empty:
+                    if not producer.is_alive():
+                        raise RuntimeError("the frame producer thread ended without finishing") from None
+                    continue
+                finally:
+                    timing["wait_s"] += time.perf_counter() - t_wait
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                ident, pixels, err = item
+                if err is not None:
+                    failed.append({**ident, "stage": err[0], "error_type": err[1], "message": err[2]})
+                else:
+                    batch.append((ident, pixels))
+                if len(batch) >= fconf.batch_size:
+                    yield _run_model(batch, failed, fconf, sconf, fid, timing, t_task)
+                    batch, failed = [], []
+            if batch or failed:
+                yield _run_model(batch, failed, fconf, sconf, fid, timing, t_task)
+            timing["task_s"] = time.perf_counter() - t_task
+            timing["decode_s"] = float(sum(durations))
+            timing.setdefault("startup_s_max", timing["task_s"])
+            if stats is not None:
+                stats.add(timing)
+        finally:
+            stop.set()
+            producer.join(timeout=30)
+
+    return featurize_partition
+
+
+def _run_model(
+    batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str, timing: dict[str, float], t_task: float
+) -> pd.DataFrame:
+    """Features for a batch of decoded frames, plus the error rows gathered alongside it."""
+    records = []
+    if batch:
+        model = cached_model(fconf, sconf)  # a model that cannot load fails the task: no row could succeed
+        t0 = time.perf_counter()
+        try:
+            feats = featurize_arrays(model, np.stack([px for _, px in batch]), batch_size=fconf.batch_size)
+            timing["model_s"] += time.perf_counter() - t0
+            timing["frames"] += len(batch)
+            timing.setdefault("startup_s_max", t0 - t_task)
+            bad = ~np.isfinite(feats).all(axis=1)
+            for (ident, _), vec, nonfinite in zip(batch, feats, bad, strict=True):
+                if nonfinite:
+                    records.append({**ident, "stage": "featurize", "error_type": "NonFiniteFeatures", "message": "model output has NaN or inf"})
+                else:
+                    records.append({**ident, "features": vec, "featurizer": fid})
+        except Exception as exc:  # TF raises OpError subclasses; a failed batch marks its rows, the task goes on
+            records.extend({**ident, "stage": "featurize", "error_type": type(exc).__name__, "message": str(exc)[:2000]} for ident, _ in batch)
+    records.extend(failed)
+    out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
+    out["frame_idx"] = out["frame_idx"].astype("int64")
+    out["dropped_frames"] = out["dropped_frames"].astype("Int64")  # null for stills
+    return out
+
+
+def with_features(
+    work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None, session_tz: str = "UTC", stats: Any | None = None
+) -> DataFrame:
+    """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
+
+    Parameters
+    ----------
+    work_df
+        Rows of ``WORK_SCHEMA``.
+    fconf, sconf, vconf
+        Featurizer, storage and video settings (shipped to executors with the function).
+    fid
+        Featurizer id written with every features row.
+    num_tasks
+        Repartition to this many tasks first (None keeps the partitioning).
+    stats
+        A :class:`TaskStats` accumulator that each task adds its timings to.
+
+    Returns
+    -------
+    DataFrame
+        ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
+    """
+    df = work_df.repartition(num_tasks) if num_tasks else work_df
+    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf, session_tz, stats), schema=FEATURIZE_RESULT_SCHEMA)
+
+
+def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:
+    """Probe each video (executors) and cut it into keyframe-aligned segments (``PLAN_SCHEMA``)."""
+    return videos_df.mapInPandas(make_probe_fn(vconf, sconf), schema=PLAN_SCHEMA)
+
+
+def with_nullable_ints(pdf: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer columns as Python ints and None, which Arrow turns into longs with nulls."""
+    pdf = pdf.copy()
+    for col in ("size", "seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
+        pdf[col] = [opt_int(v) for v in pdf[col]]
+    return pdf
