@@ -56,3 +56,37 @@ class ErrorFractionExceeded(VidsparkError):
     """More inputs failed than `job.max_error_fraction` allows; outputs were still written."""
 
     exit_code = EXIT_ERROR_FRACTION
+
+
+MESSAGE_LIMIT = 2000
+
+
+def error_message(exc: BaseException | str) -> str:
+    """An exception's text as an ``errors`` row keeps it: at most :data:`MESSAGE_LIMIT` characters."""
+    return str(exc)[:MESSAGE_LIMIT]
+
+
+_BUG_TYPES = (NameError, AttributeError, TypeError, AssertionError, ImportError)
+
+
+def raised_in_vidspark(exc: BaseException) -> bool:
+    """Whether an exception is a bug of vidspark's own code or resource exhaustion, not a problem of the input.
+
+    Decoders raise anything on odd input (``TypeError`` from EXIF parsing, ``struct.error``,
+    ``IndexError``...), so the type alone cannot tell; where it was raised can. A programming error
+    (``NameError``, ``AttributeError``, ``TypeError``, ``AssertionError``, ``ImportError``) whose
+    innermost frame is in the vidspark package is a bug; ``MemoryError`` is exhaustion wherever it
+    comes from. vidspark's deliberate errors (:class:`VidsparkError`, ``DecodeError``) are input problems.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, _BUG_TYPES) or isinstance(exc, VidsparkError):
+        return False
+    import os
+
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and os.path.dirname(os.path.abspath(last.tb_frame.f_code.co_filename)) == os.path.dirname(os.path.abspath(__file__))

@@ -136,11 +136,12 @@ def write_errors(errors_df: DataFrame, path: str, *, empty: bool = False) -> dic
         errors_df.withColumn("_order", order)
         .groupBy("uri")
         .agg(
-            F.min_by("stage", "_order").alias("stage"),
-            F.min("error_type").alias("error_type"),
+            F.min(F.struct("_order", "stage", "error_type")).alias("_first"),  # one row's stage and type: the earliest stage's
             F.array_join(F.slice(F.array_sort(F.collect_set("message")), 1, 5), " | ").alias("message"),
             F.min("run_id").alias("run_id"),
         )
+        .withColumn("stage", F.col("_first.stage"))
+        .withColumn("error_type", F.col("_first.error_type"))
     )
     write_table(agg_df.select(*ERRORS_SCHEMA.fieldNames()), path)
     return {r["stage"]: int(r["count"]) for r in agg_df.groupBy("stage").count().collect()}

@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 
 from vidspark.backbone import cached_model, featurize_arrays
 from vidspark.config import FeaturizerConf, StorageConf, VideoConf
+from vidspark.errors import error_message, raised_in_vidspark
 from vidspark.imaging import decode_image
 from vidspark.inventory import key_without_extension
 from vidspark.schemas import FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA
@@ -37,17 +38,24 @@ _IDENTITY_COLUMNS = [f.name for f in IDENTITY_FIELDS]
 Loaded = tuple[np.ndarray | None, tuple[str, str, str] | None]
 
 
+def _input_problem(stage: str, exc: Exception) -> tuple[str, str, str]:
+    """An object's (stage, error_type, message), or ``exc`` raised again where it is a bug of vidspark's own code."""
+    if raised_in_vidspark(exc):
+        raise exc
+    return stage, type(exc).__name__, error_message(exc)
+
+
 def _load_one(uri: str, etag: str | None, fconf: FeaturizerConf, sconf: StorageConf) -> Loaded:
-    """Fetch and decode one image; a failure is returned as (stage, error_type, message)."""
+    """Fetch and decode one image; a failure of the input is returned as (stage, error_type, message)."""
     try:
         client = cached_s3_client(sconf) if uri.startswith("s3://") else None
         data = read_object(uri, client=client, etag=etag, attempts=sconf.max_attempts)
-    except Exception as exc:  # any storage failure is a per-object errors row, never a task failure
-        return None, ("fetch", type(exc).__name__, str(exc)[:2000])
+    except Exception as exc:  # a storage failure is a per-object errors row, never a task failure
+        return None, _input_problem("fetch", exc)
     try:
         return decode_image(data, size=fconf.image_size, max_pixels=fconf.max_image_pixels), None
-    except Exception as exc:  # DecodeError, or anything odd EXIF/TIFF/codec data raises: one object's row, never the job
-        return None, ("decode", type(exc).__name__, str(exc)[:2000])
+    except Exception as exc:  # DecodeError, or anything odd EXIF/TIFF/codec data makes Pillow raise: one object's row
+        return None, _input_problem("decode", exc)
 
 
 def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, vconf: VideoConf) -> Loaded | str:
@@ -55,7 +63,7 @@ def _load_auto(row: dict[str, Any], fconf: FeaturizerConf, sconf: StorageConf, v
     try:
         head = read_head(open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf))
     except Exception as exc:  # storage failure: the object's errors row
-        return None, ("fetch", type(exc).__name__, str(exc)[:2000])
+        return None, _input_problem("fetch", exc)
     if sniff_is_video(head):
         return "video"
     return _load_one(row["uri"], row["etag"], fconf, sconf)
@@ -122,13 +130,14 @@ def make_probe_fn(vconf: VideoConf, sconf: StorageConf) -> Any:
                     source = open_source(row["uri"], size=int(row["size"] or 0), etag=row["etag"], sconf=sconf, vconf=vconf)
                     segments, report = probe_segments(source, vconf)
                     stage = _error_stage(source)
-                except Exception as exc:  # a probe that fails for any reason is this video's errors row
-                    segments, report, stage = [], DecodeReport(errors=[(type(exc).__name__, str(exc))]), "decode"
+                except Exception as exc:  # a probe that fails on the input is this video's errors row; a bug fails the task
+                    stage, error_type, message = _input_problem("decode", exc)
+                    segments, report = [], DecodeReport(errors=[(error_type, message)])
                 for seg in segments:
                     out.append({**base, "seg_start": seg.start_pts, "seg_end": seg.end_pts, "first_idx": seg.first_idx, "prev_pts": seg.prev_pts, "last_idx": seg.last_idx, "seg_no": seg.seg_no})
                 err = report.error()
                 if err is not None:
-                    out.append({**base, "stage": stage, "error_type": err[0], "message": err[1][:2000]})
+                    out.append({**base, "stage": stage, "error_type": err[0], "message": error_message(err[1])})
             yield pd.DataFrame.from_records(out, columns=_PLAN_COLUMNS)
 
     return plan_partition
@@ -199,11 +208,12 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                     put((_frame_identity(row, frame, session_tz), frame.pixels, None))
             except _Stopped:
                 raise
-            except Exception as exc:  # anything PyAV or the reader raises is this video's errors row
-                report.add(type(exc).__name__, str(exc))
+            except Exception as exc:  # anything PyAV or the reader raises is this video's errors row; a bug fails the task
+                _, error_type, message = _input_problem("decode", exc)
+                report.add(error_type, message)
             err = report.error()
             if err is not None:
-                put((_identity(row), None, (_error_stage(source), err[0], err[1][:2000])))
+                put((_identity(row), None, (_error_stage(source), err[0], error_message(err[1]))))
 
         def produce() -> None:
             try:
@@ -301,24 +311,26 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
 def _run_model(
     batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str, timing: dict[str, float], t_task: float
 ) -> pd.DataFrame:
-    """Features for a batch of decoded frames, plus the error rows gathered alongside it."""
+    """Features for a batch of decoded frames, plus the error rows gathered alongside it.
+
+    A model that cannot load or a model call that fails (resource exhaustion, a device error, a bug)
+    fails the task, which Spark retries: frames of a fixed shape are no input problem. Only NaN or
+    inf in a frame's features is that frame's errors row.
+    """
     records = []
     if batch:
-        model = cached_model(fconf, sconf)  # a model that cannot load fails the task: no row could succeed
+        model = cached_model(fconf, sconf)
         t0 = time.perf_counter()
-        try:
-            feats = featurize_arrays(model, np.stack([px for _, px in batch]), batch_size=fconf.batch_size)
-            timing["model_s"] += time.perf_counter() - t0
-            timing["frames"] += len(batch)
-            timing.setdefault("startup_s_max", t0 - t_task)
-            bad = ~np.isfinite(feats).all(axis=1)
-            for (ident, _), vec, nonfinite in zip(batch, feats, bad, strict=True):
-                if nonfinite:
-                    records.append({**ident, "stage": "featurize", "error_type": "NonFiniteFeatures", "message": "model output has NaN or inf"})
-                else:
-                    records.append({**ident, "features": vec, "featurizer": fid})
-        except Exception as exc:  # TF raises OpError subclasses; a failed batch marks its rows, the task goes on
-            records.extend({**ident, "stage": "featurize", "error_type": type(exc).__name__, "message": str(exc)[:2000]} for ident, _ in batch)
+        feats = featurize_arrays(model, np.stack([px for _, px in batch]), batch_size=fconf.batch_size)
+        timing["model_s"] += time.perf_counter() - t0
+        timing["frames"] += len(batch)
+        timing.setdefault("startup_s_max", t0 - t_task)
+        bad = ~np.isfinite(feats).all(axis=1)
+        for (ident, _), vec, nonfinite in zip(batch, feats, bad, strict=True):
+            if nonfinite:
+                records.append({**ident, "stage": "featurize", "error_type": "NonFiniteFeatures", "message": "model output has NaN or inf"})
+            else:
+                records.append({**ident, "features": vec, "featurizer": fid})
     records.extend(failed)
     out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
     out["frame_idx"] = out["frame_idx"].astype("int64")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from vidspark.config import StorageConf, VideoConf
+from vidspark.errors import raised_in_vidspark
 from vidspark.storage import get_object_bytes
 
 logger = logging.getLogger(__name__)
@@ -407,7 +408,9 @@ def decode_frames(source: Any, vconf: VideoConf, *, size: int, segment: Segment 
     for back in attempts:
         try:
             outcome = yield from _decode_attempt(av, source, vconf, size=size, segment=segment, seek_back=back, report=report, last_try=back is None, stall_timeout_s=stall_timeout_s)
-        except Exception as exc:  # whatever odd data makes PyAV raise: the object's errors row, never the task
+        except Exception as exc:  # whatever odd data makes PyAV raise: the object's errors row; a bug of ours fails the task
+            if raised_in_vidspark(exc):
+                raise
             report.add(type(exc).__name__, f"decoding stopped: {exc}")
             return
         if outcome != "missed":
