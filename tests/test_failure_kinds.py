@@ -24,7 +24,7 @@ def test_bugs_of_vidspark_and_exhaustion_are_told_from_input_problems():
     assert not raised_in_vidspark(_raise_from(TypeError("raised by a library on odd data")))  # innermost frame here, in tests/
     assert not raised_in_vidspark(_raise_from(ValueError("odd value")))
     with pytest.raises(AttributeError) as info:
-        frames.with_nullable_ints(None)  # type: ignore[arg-type]  # innermost frame in vidspark/frames.py
+        frames.nullable_ints_for_arrow(None)  # type: ignore[arg-type]  # innermost frame in vidspark/frames.py
     assert raised_in_vidspark(info.value)
 
 
@@ -70,3 +70,33 @@ def test_one_errors_row_per_object_takes_stage_and_type_from_the_same_row(spark,
     got = {r["uri"]: (r["stage"], r["error_type"]) for r in spark.read.parquet(str(tmp_path / "errors")).collect()}
     assert got == {"s3://b/v.mp4": ("fetch", "ZZZ"), "s3://b/x.jpg": ("decode", "DecodeError")}
     assert counts == {"fetch": 1, "decode": 1}
+
+
+def test_non_finite_features_become_rows_and_finite_ones_features(monkeypatch):
+    feats = np.ones((3, 4), np.float32)
+    feats[1, 2], feats[2, 0] = np.nan, np.inf
+    monkeypatch.setattr(frames, "cached_model", lambda *a, **k: object())
+    monkeypatch.setattr(frames, "featurize_arrays", lambda *a, **k: feats)
+    batch = [({"uri": f"u{i}", "frame_idx": 0, "dropped_frames": None}, np.zeros((32, 32, 3), np.uint8)) for i in range(3)]
+    out = frames._run_model(batch, [], FeaturizerConf(), StorageConf(), "fid", {"model_s": 0.0, "frames": 0.0}, 0.0)
+    assert list(out["stage"]) == [None, "featurize", "featurize"]
+    assert list(out["error_type"].fillna("")) == ["", "NonFiniteFeatures", "NonFiniteFeatures"]
+    assert out["features"].iloc[0] is not None and out["features"].iloc[1] is None
+
+
+def test_a_failed_weights_download_is_one_clear_error(monkeypatch, tmp_path):
+    """A real download attempt, through a proxy address on loopback where nothing listens: the model hub is unreachable."""
+    import socket
+
+    from vidspark.backbone import build_model
+    from vidspark.errors import ModelError
+
+    with socket.socket() as s:  # a port that was free a moment ago: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nothing cached
+    with pytest.raises(ModelError, match="could not download the ImageNet ResNet50 weights.*featurizer.weights.*(refused|Errno 111)"):
+        build_model(FeaturizerConf(weights="imagenet", image_size=32))

@@ -12,7 +12,8 @@ from vidspark.train import grouped_stratified_folds
 def test_no_group_on_both_sides():
     rng = np.random.default_rng(0)
     groups = np.array([f"cam{g % 3}/v{g}" for g in rng.integers(0, 40, 600)], dtype=object)
-    y = np.array([hash(g) % 3 for g in groups])  # a video has one label, as in labeled video sets
+    label_of = {g: int(rng.integers(0, 3)) for g in sorted(set(groups))}  # seeded: one label per video, as in labeled video sets
+    y = np.array([label_of[g] for g in groups])
     folds = grouped_stratified_folds(y, groups, n_splits=5, seed=1)
     assert len(folds) == 5
     seen_test = np.concatenate([te for _, te in folds])

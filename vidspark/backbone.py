@@ -20,6 +20,7 @@ import numpy as np
 
 from vidspark.config import FeaturizerConf, StorageConf
 from vidspark.errors import ConfigError, ModelError
+from vidspark.storage import split_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def featurizer_id(conf: FeaturizerConf, storage: StorageConf | None = None, *, s
         from vidspark.storage import cached_s3_client
 
         client = s3_client or cached_s3_client(storage or StorageConf())
-        bucket, _, key = w[5:].partition("/")
+        bucket, key = split_s3_uri(w)
         try:
             head = client.head_object(Bucket=bucket, Key=key)
         except Exception as exc:  # botocore raises many classes; all mean "cannot use this file"
@@ -75,7 +76,7 @@ def _fetch_weights(uri: str, conf: FeaturizerConf, storage: StorageConf) -> str:
     from vidspark.storage import cached_s3_client
 
     cache = Path(conf.cache_dir or os.path.join(tempfile.gettempdir(), "vidspark-cache")).expanduser()
-    bucket, _, key = uri[5:].partition("/")
+    bucket, key = split_s3_uri(uri)
     target = cache / "weights" / bucket / key
     if target.is_file():
         return str(target)

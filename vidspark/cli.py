@@ -223,11 +223,11 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
 
 def render_summary(verb: str, s: dict[str, Any]) -> str:
     """The demo's human-readable summary."""
-    f1, t, r = s["featurize_labeled"], s["train"], s["run"]
+    labeled, t, r = s["featurize_labeled"], s["train"], s["run"]
     fc, pc = r["featurize"], r["predict"]
     lines = [
         "vidspark demo summary",
-        f"  labeled set:   {f1['featurized']} frames featurized ({f1['error_count']} errors), classes {t['classes']}",
+        f"  labeled set:   {labeled['featurized']} frames featurized ({labeled['error_count']} errors), classes {t['classes']}",
         f"  cross-val:     {t['n_splits']}-fold grouped, accuracy {t['cv_accuracy']:.3f}, F1 {t['cv_f1']:.3f}, ROC AUC {t['cv_roc_auc']:.3f}",
         f"  cameras:       {fc['featurized']} frames featurized ({fc['videos']} video files among {fc['listed']} objects), {fc['error_count']} errors {fc['errors_by_stage']}",
         f"  videos:        {pc.get('videos', 0)} classified, label switches raw {pc.get('raw_label_switches', 0)} -> smoothed {pc.get('smoothed_label_switches', 0)} (window {pc.get('window')})",

@@ -41,14 +41,14 @@ def existing_objects(spark: SparkSession, features: str, *, cameras: frozenset[s
     return out
 
 
-def unchanged_objects(rows: pd.DataFrame, existing: pd.DataFrame, fid: str) -> pd.Series:
+def unchanged_objects(rows: pd.DataFrame, existing: pd.DataFrame, featurizer: str) -> pd.Series:
     """Which work rows the store already holds as they are: same ETag and featurizer, and the same identity.
 
     Identity is what the listing decides: camera, label and object time for every object, and for a
     still also its video, index and time (a frame inserted before it, or a folder whose earliest
     frame changed, moves it). An object whose identity changed is featurized again like a changed one.
     """
-    current = existing[existing["featurizer"] == fid]
+    current = existing[existing["featurizer"] == featurizer]
     if not len(current) or not len(rows):
         return pd.Series(False, index=rows.index, dtype=bool)
     first = {c: (c, "first") for c in ("etag", "camera_id", "video_id", "label")}

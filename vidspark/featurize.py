@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
 from vidspark.feature_store import StoreDiff, diff_with_store, errors_frame, existing_objects, merged_features, write_errors
-from vidspark.frames import TaskStats, with_features, with_nullable_ints, with_segments
+from vidspark.frames import TaskStats, nullable_ints_for_arrow, with_features, with_segments
 from vidspark.inventory import Selection, list_inventory
 from vidspark.outputs import partition_path, recover_table, replace_partitions, sibling
 from vidspark.schemas import FEATURES_SCHEMA, WORK_SCHEMA
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 _WORK_COLUMNS = WORK_SCHEMA.fieldNames()
 
 
-def with_driver_endpoint(conf: Conf) -> Conf:
+def pin_driver_endpoint(conf: Conf) -> Conf:
     """Pin the endpoint the driver found in its environment into the conf shipped to executors.
 
     ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``/``AWS_DEFAULT_REGION`` set where the driver runs are
@@ -93,7 +93,7 @@ def featurize(
         If the input cannot be read (before any Spark work).
     """
     t0 = time.perf_counter()
-    conf = with_driver_endpoint(conf)
+    conf = pin_driver_endpoint(conf)
     location = parse_uri(input_uri)
     client = (s3_client or make_s3_client(conf.storage)) if location.scheme == "s3" else None
     check_readable(location, client)  # fails fast, before any Spark work
@@ -116,7 +116,7 @@ def featurize(
         timings["incremental_s"] = time.perf_counter() - t_inc
         logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", diff.skipped, diff.todo["uri"].nunique(), len(diff.changed), len(diff.pruned))
 
-        work, plan_errors = _with_video_segments(spark, diff.todo, conf, timings)
+        work, plan_errors = _split_long_videos(spark, diff.todo, conf, timings)
         driver_errors = inventory.errors + plan_errors
         if not len(work) and warm is not None:
             warm.cancel()
@@ -151,14 +151,14 @@ def featurize(
     return summary
 
 
-def _with_video_segments(spark: SparkSession, rows: pd.DataFrame, conf: Conf, timings: dict[str, float]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def _split_long_videos(spark: SparkSession, rows: pd.DataFrame, conf: Conf, timings: dict[str, float]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Work rows with every video over ``video.split_min_bytes`` replaced by its segments, and the probe's error rows."""
     big = (rows["kind"] == "video") & (rows["size"].fillna(0).astype("int64") > conf.video.split_min_bytes)
     if not big.any():
         return rows, []
     t_plan = time.perf_counter()
     n_big = int(big.sum())
-    big_df = spark.createDataFrame(with_nullable_ints(rows[big]), schema=WORK_SCHEMA).repartition(min(n_big, spark.sparkContext.defaultParallelism))
+    big_df = spark.createDataFrame(nullable_ints_for_arrow(rows[big]), schema=WORK_SCHEMA).repartition(min(n_big, spark.sparkContext.defaultParallelism))
     planned: pd.DataFrame = with_segments(big_df, vconf=conf.video, sconf=conf.storage).toPandas()
     planned["frame_ts"] = pd.to_datetime(planned["frame_ts"]).dt.tz_localize(spark.conf.get("spark.sql.session.timeZone") or "UTC").dt.tz_convert("UTC")
     failed = planned["stage"].notna()
@@ -200,11 +200,11 @@ def _featurize_and_write(
     outcome, new_parts, task_errors = _Outcome(), set(), 0
     result_df = None
     if len(work):
-        work_df = spark.createDataFrame(with_nullable_ints(work), schema=WORK_SCHEMA)
+        work_df = spark.createDataFrame(nullable_ints_for_arrow(work), schema=WORK_SCHEMA)
         n_still = int((work["kind"] != "video").sum())
         num_tasks = min(len(work), max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
         session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, fid=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats)
+        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if result_df is not None:

@@ -168,7 +168,7 @@ class _Stopped(Exception):
 _DONE = object()
 
 
-def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None) -> Any:
+def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, featurizer_id: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None) -> Any:
     """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
 
     A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
@@ -292,10 +292,10 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
                 else:
                     batch.append((ident, pixels))
                 if len(batch) >= fconf.batch_size:
-                    yield _run_model(batch, failed, fconf, sconf, fid, timing, t_task)
+                    yield _run_model(batch, failed, fconf, sconf, featurizer_id, timing, t_task)
                     batch, failed = [], []
             if batch or failed:
-                yield _run_model(batch, failed, fconf, sconf, fid, timing, t_task)
+                yield _run_model(batch, failed, fconf, sconf, featurizer_id, timing, t_task)
             timing["task_s"] = time.perf_counter() - t_task
             timing["decode_s"] = float(sum(durations))
             timing.setdefault("startup_s_max", timing["task_s"])
@@ -309,7 +309,7 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf
 
 
 def _run_model(
-    batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, fid: str, timing: dict[str, float], t_task: float
+    batch: list[tuple[dict[str, Any], np.ndarray]], failed: list[dict[str, Any]], fconf: FeaturizerConf, sconf: StorageConf, featurizer_id: str, timing: dict[str, float], t_task: float
 ) -> pd.DataFrame:
     """Features for a batch of decoded frames, plus the error rows gathered alongside it.
 
@@ -330,7 +330,7 @@ def _run_model(
             if nonfinite:
                 records.append({**ident, "stage": "featurize", "error_type": "NonFiniteFeatures", "message": "model output has NaN or inf"})
             else:
-                records.append({**ident, "features": vec, "featurizer": fid})
+                records.append({**ident, "features": vec, "featurizer": featurizer_id})
     records.extend(failed)
     out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
     out["frame_idx"] = out["frame_idx"].astype("int64")
@@ -339,7 +339,15 @@ def _run_model(
 
 
 def with_features(
-    work_df: DataFrame, *, fconf: FeaturizerConf, sconf: StorageConf, fid: str, vconf: VideoConf | None = None, num_tasks: int | None = None, session_tz: str = "UTC", stats: Any | None = None
+    work_df: DataFrame,
+    *,
+    fconf: FeaturizerConf,
+    sconf: StorageConf,
+    featurizer_id: str,
+    vconf: VideoConf | None = None,
+    num_tasks: int | None = None,
+    session_tz: str = "UTC",
+    stats: Any | None = None,
 ) -> DataFrame:
     """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
@@ -349,7 +357,7 @@ def with_features(
         Rows of ``WORK_SCHEMA``.
     fconf, sconf, vconf
         Featurizer, storage and video settings (shipped to executors with the function).
-    fid
+    featurizer_id
         Featurizer id written with every features row.
     num_tasks
         Repartition to this many tasks first (None keeps the partitioning).
@@ -362,7 +370,7 @@ def with_features(
         ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
     """
     df = work_df.repartition(num_tasks) if num_tasks else work_df
-    return df.mapInPandas(make_featurize_fn(fconf, sconf, fid, vconf, session_tz, stats), schema=FEATURIZE_RESULT_SCHEMA)
+    return df.mapInPandas(make_featurize_fn(fconf, sconf, featurizer_id, vconf, session_tz, stats), schema=FEATURIZE_RESULT_SCHEMA)
 
 
 def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:
@@ -370,7 +378,7 @@ def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf)
     return videos_df.mapInPandas(make_probe_fn(vconf, sconf), schema=PLAN_SCHEMA)
 
 
-def with_nullable_ints(pdf: pd.DataFrame) -> pd.DataFrame:
+def nullable_ints_for_arrow(pdf: pd.DataFrame) -> pd.DataFrame:
     """Nullable integer columns as Python ints and None, which Arrow turns into longs with nulls."""
     pdf = pdf.copy()
     for col in ("size", "seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):

@@ -71,7 +71,7 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_second
       index and time when decoded. A still whose ``{video_id}`` is its whole file name keeps the
       extension in it, so ``cam1/1430.jpg`` beside ``cam1/1430.mp4`` is a video of its own.
     - With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into events (see
-      :func:`with_event_ids`).
+      :func:`assign_event_ids`).
     """
     records: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -111,7 +111,7 @@ def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_second
     stills = rows["kind"] == "image"  # extension-less objects may be videos: never grouped or ranked as stills
     folder = stills & rows["video_id"].notna() & ~rows["_has_ts"].astype(bool)  # frame folders whose keys carry no time
     if gap_seconds is not None:
-        rows = with_event_ids(rows, gap_seconds=gap_seconds, mask=stills & rows["video_id"].isna())
+        rows = assign_event_ids(rows, gap_seconds=gap_seconds, mask=stills & rows["video_id"].isna())
     in_video = stills & rows["video_id"].notna()
     missing_idx = rows["frame_idx"].isna()
     if missing_idx.any():
@@ -144,7 +144,7 @@ def key_without_extension(key: str) -> str:
     return head + sep + stem
 
 
-def with_event_ids(rows: pd.DataFrame, *, gap_seconds: float, mask: pd.Series) -> pd.DataFrame:
+def assign_event_ids(rows: pd.DataFrame, *, gap_seconds: float, mask: pd.Series) -> pd.DataFrame:
     """Group motion-triggered stills into events: per camera, a gap over ``gap_seconds`` starts a new one.
 
     The event's ``video_id`` is ``evt-`` and its first frame's UTC time (``evt-20261120T143005``,

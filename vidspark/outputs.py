@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import posixpath
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from vidspark.errors import StorageError
+from vidspark.fs import FileSystem, basename, join, sibling
 from vidspark.schemas import PARTITION_COLUMNS
 
 logger = logging.getLogger(__name__)
-
-
-def sibling(path: str, name: str) -> str:
-    """``/out/features`` -> ``/out/<name>``; works for local paths and ``scheme://`` URIs."""
-    stripped = path.rstrip("/")
-    parent = posixpath.dirname(stripped) if "://" in stripped else os.path.dirname(os.path.abspath(stripped))
-    return posixpath.join(parent, name) if "://" in stripped else os.path.join(parent, name)
-
-
-def join(path: str, *names: str) -> str:
-    return posixpath.join(path.rstrip("/"), *names) if "://" in path else os.path.join(path, *names)
 
 
 def write_partitioned(df: DataFrame, path: str, *, partition_by: tuple[str, ...] = PARTITION_COLUMNS) -> None:
@@ -42,11 +30,7 @@ def write_table(df: DataFrame, path: str) -> None:
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    return bool(fs.exists(hpath))
+    return FileSystem(spark, path).exists(path)
 
 
 def read_table(spark: SparkSession, path: str, schema: T.StructType) -> DataFrame:
@@ -64,21 +48,7 @@ def read_table(spark: SparkSession, path: str, schema: T.StructType) -> DataFram
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write a small text file through Hadoop's FileSystem (local, HDFS, s3a alike), atomically by rename."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hconf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    target = jvm.org.apache.hadoop.fs.Path(path)
-    fs = target.getFileSystem(hconf)
-    tmp = jvm.org.apache.hadoop.fs.Path(path + ".tmp")
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
-    if fs.exists(target):
-        fs.delete(target, False)
-    if not fs.rename(tmp, target):
-        raise StorageError(f"could not write {path!r}")
+    FileSystem(spark, path).write_text(path, text)
 
 
 def write_json(spark: SparkSession, path: str, record: dict[str, Any]) -> None:
@@ -104,10 +74,8 @@ _MANIFEST = "_MANIFEST.json"
 
 
 def _fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jvm  # type: ignore[union-attr]
+    fs = FileSystem(spark, path)
+    return fs.raw, fs.jvm
 
 
 def staging_root(table: str) -> str:
@@ -115,8 +83,7 @@ def staging_root(table: str) -> str:
 
     Outside the table's folder, so no reader or glob over the table ever sees staged files.
     """
-    name = posixpath.basename(table.rstrip("/")) if "://" in table else os.path.basename(os.path.abspath(table))
-    return join(sibling(table, "_staging"), name)
+    return join(sibling(table, "_staging"), basename(table))
 
 
 def _partition_dirs(fs: Any, jvm: Any, root: str, depth: int) -> list[str]:
@@ -139,14 +106,14 @@ def _partition_dirs(fs: Any, jvm: Any, root: str, depth: int) -> list[str]:
 def recover_table(spark: SparkSession, table: str) -> list[str]:
     """Finish or clean up partition swaps that a killed run left behind; returns what was done."""
     fs, jvm = _fs(spark, table)
-    P = jvm.org.apache.hadoop.fs.Path
-    root = P(staging_root(table))
+    HPath = jvm.org.apache.hadoop.fs.Path
+    root = HPath(staging_root(table))
     done: list[str] = []
     if not fs.exists(root):
         return done
     for st in fs.listStatus(root):
         run_dir = st.getPath()
-        manifest = P(run_dir, _MANIFEST)
+        manifest = HPath(run_dir, _MANIFEST)
         if fs.exists(manifest):
             stream = fs.open(manifest)
             try:
@@ -175,11 +142,11 @@ def _swap(fs: Any, jvm: Any, table: str, run_dir: str, partitions: list[str], *,
 
     A partition with nothing staged (every row of it deleted) only goes to the trash.
     """
-    P = jvm.org.apache.hadoop.fs.Path
+    HPath = jvm.org.apache.hadoop.fs.Path
     for n, rel in enumerate(partitions):
         if fail_after is not None and n == fail_after:
             raise RuntimeError(f"injected failure before partition {n}")  # tests: a crash in the middle
-        staged, target, trash = P(f"{run_dir}/data/{rel}"), P(f"{table.rstrip('/')}/{rel}"), P(f"{run_dir}/trash/{rel}")
+        staged, target, trash = HPath(f"{run_dir}/data/{rel}"), HPath(f"{table.rstrip('/')}/{rel}"), HPath(f"{run_dir}/trash/{rel}")
         if not fs.exists(staged):
             if fs.exists(target) and not fs.exists(trash) and rel in deleted:
                 fs.mkdirs(trash.getParent())
@@ -191,7 +158,7 @@ def _swap(fs: Any, jvm: Any, table: str, run_dir: str, partitions: list[str], *,
                 # interrupted directory rename on an object store (s3a copies file by file). Finish it file
                 # by file instead of deleting what was already moved.
                 for st in fs.listStatus(staged):
-                    dest = P(target, st.getPath().getName())
+                    dest = HPath(target, st.getPath().getName())
                     if not fs.exists(dest) and not fs.rename(st.getPath(), dest):
                         raise StorageError(f"could not move {st.getPath()} into {table}")
                 fs.delete(staged, True)
@@ -223,22 +190,22 @@ def replace_partitions(
     """
     recover_table(spark, table)
     fs, jvm = _fs(spark, table)
-    P = jvm.org.apache.hadoop.fs.Path
+    HPath = jvm.org.apache.hadoop.fs.Path
     run_dir = join(staging_root(table), run_id)
-    if fs.exists(P(run_dir)):
-        fs.delete(P(run_dir), True)
+    if fs.exists(HPath(run_dir)):
+        fs.delete(HPath(run_dir), True)
     df.write.mode("overwrite").option("compression", "snappy").partitionBy(*partition_by).parquet(join(run_dir, "data"))
     partitions = _partition_dirs(fs, jvm, join(run_dir, "data"), len(partition_by))
     if scope is not None and not set(partitions) <= set(scope):
-        fs.delete(P(run_dir), True)
+        fs.delete(HPath(run_dir), True)
         raise StorageError(f"refusing to replace partitions outside this write's scope: {sorted(set(partitions) - set(scope))}")
     deleted = sorted(set(scope or ()) - set(partitions))
     write_text(spark, join(run_dir, _MANIFEST), json.dumps({"table": table, "run_id": run_id, "partitions": partitions, "deleted": deleted}))
     _swap(fs, jvm, table, run_dir, partitions + deleted, deleted=frozenset(deleted), fail_after=_fail_after)
-    if not fs.delete(P(join(run_dir, _MANIFEST)), False):  # first: a manifest that outlived its swap would be replayed
+    if not fs.delete(HPath(join(run_dir, _MANIFEST)), False):  # first: a manifest that outlived its swap would be replayed
         raise StorageError(f"could not remove {join(run_dir, _MANIFEST)}")
-    fs.delete(P(run_dir), True)
-    root = P(staging_root(table))
+    fs.delete(HPath(run_dir), True)
+    root = HPath(staging_root(table))
     if fs.exists(root) and len(fs.listStatus(root)) == 0:
         fs.delete(root, True)
         parent = root.getParent()
@@ -262,21 +229,17 @@ def partition_path(camera_id: str, date: str) -> str:
 
 def read_text(spark: SparkSession, path: str) -> str:
     """A small text file through Hadoop's FileSystem."""
-    fs, jvm = _fs(spark, path)
-    stream = fs.open(jvm.org.apache.hadoop.fs.Path(path))
-    try:
-        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
+    return FileSystem(spark, path).read_text(path)
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    return FileSystem(spark, path).exists(path)
 
 
 def list_names(spark: SparkSession, folder: str) -> list[str]:
     """Names of the entries of a folder (empty when it does not exist)."""
-    fs, jvm = _fs(spark, folder)
-    p = jvm.org.apache.hadoop.fs.Path(folder)
-    return sorted(str(st.getPath().getName()) for st in fs.listStatus(p)) if fs.exists(p) else []
+    return FileSystem(spark, folder).list_names(folder)
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
-    fs, jvm = _fs(spark, path)
-    fs.delete(jvm.org.apache.hadoop.fs.Path(path), True)
+    FileSystem(spark, path).delete(path)

@@ -73,7 +73,7 @@ def run(
         # with what an earlier run of the same id left pending: a retried run id must not hide it
         write_json(spark, join(state, f"pending-{run_id}.json"), {"run_id": run_id, "partitions": [list(p) for p in sorted(pending | set(parts))]})
 
-    fsum = featurize(
+    featurize_summary = featurize(
         spark,
         input_uri=input_uri,
         output=features_out,
@@ -85,21 +85,21 @@ def run(
         selection=selection,
         on_partitions=record_pending,
     )
-    parts = sorted(pending | {(p["camera_id"], p["date"]) for p in fsum["partitions"]})
-    psum: dict[str, Any] = {}
+    parts = sorted(pending | {(p["camera_id"], p["date"]) for p in featurize_summary["partitions"]})
+    predict_summary: dict[str, Any] = {}
     if parts:
-        psum = predict(spark, features=features_out, model_dir=model_dir, output=join(output, "predictions"), conf=conf, window=window, partitions=parts, run_id=run_id)
+        predict_summary = predict(spark, features=features_out, model_dir=model_dir, output=join(output, "predictions"), conf=conf, window=window, partitions=parts, run_id=run_id)
     for name in {*pending_files, f"pending-{run_id}.json"}:
         delete_path(spark, join(state, name))
     return {
-        "featurize": fsum,
-        "predict": psum,
+        "featurize": featurize_summary,
+        "predict": predict_summary,
         "recovered_partitions": [{"camera_id": c, "date": d} for c, d in sorted(pending)],
-        "error_fraction": fsum["error_fraction"],
-        "error_count": fsum["error_count"],
-        "listed": fsum["listed"],
-        "errors_by_stage": fsum["errors_by_stage"],
-        "errors": fsum["errors"],
+        "error_fraction": featurize_summary["error_fraction"],
+        "error_count": featurize_summary["error_count"],
+        "listed": featurize_summary["listed"],
+        "errors_by_stage": featurize_summary["errors_by_stage"],
+        "errors": featurize_summary["errors"],
     }
 
 
@@ -130,10 +130,10 @@ def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> dict[
     out = root / "output"
     labeled_conf = conf.replace("input", layout="{label}/**")
     train_features = featurize(spark, input_uri=archive["labeled"], output=str(out / "features"), conf=labeled_conf, run_id=run_id, errors_output=str(out / "errors-labeled"))
-    tsum = train(spark, features=str(out / "features"), model_dir=str(out / "model"), conf=conf)
+    train_summary = train(spark, features=str(out / "features"), model_dir=str(out / "model"), conf=conf)
     # Frame folders (cam1, cam2) and video files named by their start time (cam3), in one layout.
     camera_conf = conf.replace("input", layout=DEMO_CAMERA_LAYOUT)
     if conf.video == VideoConf():
         camera_conf = camera_conf.replace("video", every_n_frames=2)
-    rsum = run(spark, input_uri=archive["cameras"], model_dir=str(out / "model"), output=str(out), conf=camera_conf, run_id=run_id)
-    return {"archive": archive, "featurize_labeled": train_features, "train": tsum, "run": rsum, "output": str(out)}
+    run_summary = run(spark, input_uri=archive["cameras"], model_dir=str(out / "model"), output=str(out), conf=camera_conf, run_id=run_id)
+    return {"archive": archive, "featurize_labeled": train_features, "train": train_summary, "run": run_summary, "output": str(out)}

@@ -253,10 +253,10 @@ def predict(
                 if old_videos is not None:  # where the touched videos' rows were: they move or go
                     old_rows = old_videos.join(touched, ["camera_id", "video_id"], "left_semi").select("camera_id", "date").distinct().collect()
                     starts |= {(r["camera_id"], r["date"].isoformat()) for r in old_rows}
-                q = sorted(set(partitions or []) | starts)
-                video_scope = [partition_path(c, d) for c, d in q]
+                video_parts = sorted(set(partitions or []) | starts)
+                video_scope = [partition_path(c, d) for c, d in video_parts]
                 if old_videos is not None:
-                    keep = old_videos.join(F.broadcast(_parts_df(spark, q)), ["camera_id", "date"], "left_semi").join(touched, ["camera_id", "video_id"], "left_anti")
+                    keep = old_videos.join(F.broadcast(_parts_df(spark, video_parts)), ["camera_id", "date"], "left_semi").join(touched, ["camera_id", "video_id"], "left_anti")
                     videos_write = videos_df.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()))
             replace_partitions(spark, videos_write.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()), videos_out, run_id=run_id, scope=video_scope)
             stats = videos_df.agg(F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")).first()

@@ -76,6 +76,12 @@ def parse_uri(uri: str) -> Location:
     raise StorageError(f"input URI {uri!r}: scheme {scheme!r} is not supported; use s3://bucket/prefix, file:///path or a local path")
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
 def make_s3_client(conf: StorageConf) -> Any:
     """A boto3 S3 client built from the conf; endpoint/credentials otherwise from boto3's chain."""
     import boto3
@@ -235,7 +241,7 @@ def read_object(uri: str, *, client: Any = None, etag: str | None = None, attemp
     listing raises instead of being mixed into this run.
     """
     if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
+        bucket, key = split_s3_uri(uri)
         return get_object_bytes(client, bucket=bucket, key=key, etag=etag, attempts=attempts)
     with open(uri, "rb") as fh:
         return fh.read()

@@ -16,8 +16,8 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.errors import ConfigError
-from vidspark.outputs import join, read_table
+from vidspark.errors import ConfigError, StorageError, error_message
+from vidspark.outputs import join, path_exists, read_table, read_text
 from vidspark.schemas import FRAME_PREDICTIONS_SCHEMA, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -34,11 +34,16 @@ def read_classes(spark: SparkSession, predictions: str) -> list[str]:
         If there is no such file (not a predictions folder, or written by an older vidspark).
     """
     path = join(predictions, PREDICT_RECORD)
+    if not path_exists(spark, path):
+        raise ConfigError(f"no {PREDICT_RECORD} in {predictions!r}: --predictions must be the folder `vidspark predict --output` wrote")
     try:
-        text = "\n".join(r.value for r in spark.read.text(path, wholetext=True).collect())
-    except Exception as exc:  # AnalysisException (missing path) and friends
-        raise ConfigError(f"{path!r} cannot be read ({type(exc).__name__}): --predictions must be the folder `vidspark predict --output` wrote") from exc
-    return list(json.loads(text)["classes"])
+        text = read_text(spark, path)
+    except Exception as exc:  # the file is there: the storage failed (permissions, network), not the argument
+        raise StorageError(f"{path!r} exists but cannot be read: {type(exc).__name__}: {error_message(exc)}") from exc
+    try:
+        return [str(c) for c in json.loads(text)["classes"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path!r} is damaged (expected JSON with a 'classes' list): {type(exc).__name__}: {exc}") from exc
 
 
 def video_frames(spark: SparkSession, predictions: str, *, video_id: str, camera_id: str | None = None) -> tuple[pd.DataFrame, dict[str, Any] | None]:

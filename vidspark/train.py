@@ -244,7 +244,8 @@ def cross_validate(data: LabeledSet, tconf: TrainConf, *, threads: int = 0) -> d
         proba = predict_proba(booster, data.X[test_idx], n_classes)  # LightGBM predicts at best_iteration
         oof[test_idx] = proba
         report = classification_metrics(data.y[test_idx], proba, n_classes)
-        report.update(fold=k, train_rows=len(train_idx), best_iteration=best, test_groups=len(set(data.groups[test_idx])))
+        test_groups = sorted(set(data.groups[test_idx]))
+        report.update(fold=k, train_rows=len(train_idx), best_iteration=best, test_groups=len(test_groups), test_group_ids=[str(g) for g in test_groups])
         fold_reports.append(report)
         logger.info("fold %d: accuracy %.4f f1 %.4f auc %s (best iteration %d)", k, report["accuracy"], report["f1"], report["roc_auc"], best)
     overall = classification_metrics(data.y, oof, n_classes)

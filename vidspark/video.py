@@ -41,7 +41,7 @@ import numpy as np
 
 from vidspark.config import StorageConf, VideoConf
 from vidspark.errors import raised_in_vidspark
-from vidspark.storage import get_object_bytes
+from vidspark.storage import get_object_bytes, split_s3_uri
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class RangeReader(io.RawIOBase):
 
     def __init__(self, client: Any, uri: str, *, size: int, etag: str | None, block_size: int, max_blocks: int = 2, attempts: int = 5) -> None:
         super().__init__()
-        bucket, _, key = uri[5:].partition("/")
+        bucket, key = split_s3_uri(uri)
         self.client, self.bucket, self.key, self.size, self.etag = client, bucket, key, int(size), etag
         self.block_size, self.max_blocks, self.attempts = int(block_size), max_blocks, attempts
         self.pos = 0
