@@ -12,7 +12,8 @@ import pytest
 
 from vidspark.config import VideoConf
 from vidspark.synthetic import encode_video, scene
-from vidspark.video import WHOLE, DecodeReport, RangeReader, decode_frames, kind_of_key, probe_segments, read_head, sniff_is_video
+from vidspark.video import WHOLE, DecodeReport, decode_frames, probe_segments
+from vidspark.video_source import RangeReader, kind_of_key, read_head, sniff_is_video
 
 N_FRAMES = 60
 FPS = 10

@@ -28,7 +28,8 @@ from vidspark.imaging import decode_image
 from vidspark.inventory import key_without_extension
 from vidspark.schemas import FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA
 from vidspark.storage import cached_s3_client, read_object
-from vidspark.video import WHOLE, DecodeReport, Segment, VideoFrame, decode_frames, is_storage_error, open_source, probe_segments, read_head, sniff_is_video
+from vidspark.video import WHOLE, DecodeReport, Segment, VideoFrame, decode_frames, probe_segments
+from vidspark.video_source import is_storage_error, open_source, read_head, sniff_is_video
 
 _PLAN_COLUMNS = PLAN_SCHEMA.fieldNames()
 _RESULT_COLUMNS = FEATURIZE_RESULT_SCHEMA.fieldNames()

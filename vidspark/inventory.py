@@ -18,7 +18,7 @@ from vidspark.config import Conf
 from vidspark.layout import Layout, LayoutMismatch, natural_key
 from vidspark.schemas import WORK_SCHEMA
 from vidspark.storage import Location, ObjectInfo, list_objects
-from vidspark.video import kind_of_key
+from vidspark.video_source import kind_of_key
 
 UNKNOWN_CAMERA = "unknown"
 _WORK_COLUMNS = WORK_SCHEMA.fieldNames()

@@ -1,10 +1,7 @@
-"""Video objects: streaming reads, keyframe-aligned splitting and sampled decoding with PyAV.
+"""Video decoding with PyAV: presentation order and time, sampling, keyframe-aligned splitting, truncation.
 
-Nothing here touches Spark; :mod:`vidspark.featurize` calls these functions on executors.
-
-- Bytes are streamed: local files are opened by FFmpeg itself, S3 objects through
-  :class:`RangeReader`, which fetches fixed-size ranges (``IfMatch`` on the listed ETag) and keeps
-  at most two of them, so memory does not depend on the object's size.
+Nothing here touches Spark; :mod:`vidspark.frames` calls these functions on executors, over the
+sources of :mod:`vidspark.video_source` (local paths, or S3 objects streamed by range reads).
 - Frame identity: ``frame_idx`` is the frame's index in presentation order. Where the container
   stores presentation timestamps (MP4/MOV, Matroska/WebM, MPEG-TS/PS, ...), a frame's time is
   ``(pts - stream.start_time) * time_base`` seconds after the object's start time and its index
@@ -26,12 +23,10 @@ Nothing here touches Spark; :mod:`vidspark.featurize` calls these functions on e
 from __future__ import annotations
 
 import heapq
-import io
 import logging
 import math
 import time
 from array import array
-from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -39,126 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from vidspark.config import StorageConf, VideoConf
+from vidspark.config import VideoConf
 from vidspark.errors import raised_in_vidspark
-from vidspark.storage import get_object_bytes, split_s3_uri
+from vidspark.video_source import RangeReader, ebml_segment_end, file_size, is_storage_error, read_head
 
 logger = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "qt", "mkv", "webm", "avi", "ts", "mts", "m2ts", "mpg", "mpeg", "flv", "3gp", "wmv", "asf", "ogv"})
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "jfif", "png", "webp", "bmp", "tif", "tiff", "gif"})
-_IMAGE_FTYP_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
-SNIFF_BYTES = 512
-
-
-def kind_of_key(key: str) -> str:
-    """``image`` or ``video`` from the key's extension; ``auto`` (decided by content) otherwise."""
-    name = key.rsplit("/", 1)[-1]
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if ext in VIDEO_EXTENSIONS:
-        return "video"
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    return "auto"
-
-
-def sniff_is_video(head: bytes) -> bool:
-    """Whether the first bytes of an object are a video container (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF)."""
-    if len(head) >= 12 and head[4:8] == b"ftyp":
-        return head[8:12] not in _IMAGE_FTYP_BRANDS  # HEIF/AVIF stills share the ISO box format
-    if head[:4] == b"\x1a\x45\xdf\xa3" or head[:3] == b"FLV" or head[:4] == b"\x30\x26\xb2\x75":
-        return True
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return True
-    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
-        return True
-    if len(head) > 376 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
-        return True
-    return len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free") and head[:3] == b"\x00\x00\x00"
-
-
-class RangeReader(io.RawIOBase):
-    """A seekable read-only file over one S3 object, fetched in ``block_size`` ranges.
-
-    At most ``max_blocks`` blocks are held (least recently used dropped), so memory stays bounded
-    whatever the object's size. Every range GET carries ``IfMatch`` with the listed ETag: an object
-    replaced while it is read raises instead of mixing two versions. The last storage exception is
-    kept in :attr:`error` (PyAV reports a read failure as an I/O error of its own).
-    """
-
-    def __init__(self, client: Any, uri: str, *, size: int, etag: str | None, block_size: int, max_blocks: int = 2, attempts: int = 5) -> None:
-        super().__init__()
-        bucket, key = split_s3_uri(uri)
-        self.client, self.bucket, self.key, self.size, self.etag = client, bucket, key, int(size), etag
-        self.block_size, self.max_blocks, self.attempts = int(block_size), max_blocks, attempts
-        self.pos = 0
-        self.blocks: OrderedDict[int, bytes] = OrderedDict()
-        self.requests = 0
-        self.bytes_fetched = 0
-        self.max_buffered = 0
-        self.error: BaseException | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def _block(self, n: int) -> bytes:
-        data = self.blocks.get(n)
-        if data is not None:
-            self.blocks.move_to_end(n)
-            return data
-        start = n * self.block_size
-        end = min(self.size, start + self.block_size) - 1
-        try:
-            data = get_object_bytes(self.client, bucket=self.bucket, key=self.key, etag=self.etag, byte_range=f"bytes={start}-{end}", attempts=self.attempts)
-        except Exception as exc:
-            self.error = exc
-            raise
-        self.requests += 1
-        self.bytes_fetched += len(data)
-        self.blocks[n] = data
-        while len(self.blocks) > self.max_blocks:
-            self.blocks.popitem(last=False)
-        self.max_buffered = max(self.max_buffered, sum(len(b) for b in self.blocks.values()))
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        if self.pos >= self.size:
-            return 0
-        n_block, offset = divmod(self.pos, self.block_size)
-        data = self._block(n_block)
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), len(data) - offset)
-        view[:n] = data[offset : offset + n]
-        self.pos += n
-        return n
-
-
-def open_source(uri: str, *, size: int, etag: str | None, sconf: StorageConf, vconf: VideoConf) -> Any:
-    """What :func:`av.open` reads: a local path as is, an S3 object as a :class:`RangeReader`."""
-    if uri.startswith("s3://"):
-        from vidspark.storage import cached_s3_client
-
-        return RangeReader(cached_s3_client(sconf), uri, size=size, etag=etag, block_size=vconf.read_block_bytes, attempts=sconf.max_attempts)
-    return uri
-
-
-def read_head(source: Any, n: int = SNIFF_BYTES) -> bytes:
-    """The first ``n`` bytes of a source from :func:`open_source`."""
-    if isinstance(source, RangeReader):  # n bytes, not a whole read block
-        return get_object_bytes(source.client, bucket=source.bucket, key=source.key, etag=source.etag, byte_range=f"bytes=0-{max(0, min(n, source.size) - 1)}", attempts=source.attempts)
-    with open(source, "rb") as fh:
-        return fh.read(n)
 
 
 @dataclass(frozen=True)
@@ -256,11 +136,6 @@ def _where(reader: Any, packet: Any, tb: Fraction, start: int, idx: int) -> str:
     elif isinstance(reader, RangeReader):
         parts.append(f"near byte {reader.tell()}")
     return ", ".join(parts)
-
-
-def is_storage_error(source: Any) -> bool:
-    """Whether the last failure reading ``source`` came from storage (an S3 read), not from the data."""
-    return isinstance(source, RangeReader) and source.error is not None
 
 
 _AVFMT_NOTIMESTAMPS = 0x0080
@@ -589,14 +464,14 @@ def _check_complete(container: Any, stream: Any, source: Any, *, frame_no: int, 
     """
     where = f"frame {frame_no}, t={float(last_t or 0):.3f} s"
     name = container.format.name
-    size = source.size if isinstance(source, RangeReader) else _file_size(source)
+    size = source.size if isinstance(source, RangeReader) else file_size(source)
     if name == "mpegts":
         if all(size % p for p in (188, 192, 204)):
             return f"MPEG-TS file of {size} bytes ends inside a transport packet ({where}): file truncated?"
         return None
     if name == "avi" or name.startswith("matroska"):
         head = read_head(source, 64)
-        declared = int.from_bytes(head[4:8], "little") + 8 if head[:4] == b"RIFF" else _ebml_segment_end(head)
+        declared = int.from_bytes(head[4:8], "little") + 8 if head[:4] == b"RIFF" else ebml_segment_end(head)
         if declared is not None and size < declared:
             what = "RIFF header" if name == "avi" else "Matroska segment"
             return f"file of {size} bytes is shorter than the {declared} bytes its {what} declares (it stops at {where}): file truncated?"
@@ -613,35 +488,3 @@ def _check_complete(container: Any, stream: Any, source: Any, *, frame_no: int, 
     if declared_s - float(data_end) > max(3 / float(rate), 0.5):
         return f"the stream stops at t={float(data_end):.3f} s of {declared_s:.3f} s declared ({where}): file truncated?"
     return None
-
-
-def _ebml_vint(buf: bytes, pos: int, *, marker: bool) -> tuple[int | None, int]:
-    """One EBML variable-length integer at ``pos``: (value, next position); value None where unknown or cut off."""
-    if pos >= len(buf) or buf[pos] == 0:
-        return None, len(buf)
-    length = 9 - buf[pos].bit_length()
-    if pos + length > len(buf):
-        return None, len(buf)
-    value = buf[pos] if marker else buf[pos] & ((1 << (8 - length)) - 1)
-    for b in buf[pos + 1 : pos + length]:
-        value = (value << 8) | b
-    if not marker and value == (1 << (7 * length)) - 1:
-        return None, pos + length  # "unknown size" (a live recording)
-    return value, pos + length
-
-
-def _ebml_segment_end(head: bytes) -> int | None:
-    """Where a Matroska/WebM file's Segment says the file ends (EBML header, then Segment's ID and size), or None."""
-    ident, pos = _ebml_vint(head, 0, marker=True)
-    size, pos = _ebml_vint(head, pos, marker=False)
-    if ident != 0x1A45DFA3 or size is None:
-        return None
-    ident, pos = _ebml_vint(head, pos + size, marker=True)
-    size, pos = _ebml_vint(head, pos, marker=False)
-    return pos + size if ident == 0x18538067 and size is not None else None
-
-
-def _file_size(path: str) -> int:
-    import os
-
-    return os.path.getsize(path)
