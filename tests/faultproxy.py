@@ -2,7 +2,9 @@
 
 For a seeded fraction of requests it answers 500 InternalError, 503 ServiceUnavailable or 503
 SlowDown itself, or forwards the request and cuts the connection halfway through the response
-body. Keys containing ``persist`` always fail (503), past any retry. Every fault is counted.
+body. Keys containing ``persist`` always fail (503), past any retry; with ``deny``, every request
+whose path contains that text is refused with 403 AccessDenied (a bucket or objects the
+credentials may not read). Every fault is counted.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ _ERRORS = [
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, error_rate: float, drop_rate: float, seed: int = 0) -> None:
+    def __init__(self, upstream: str, *, error_rate: float, drop_rate: float, seed: int = 0, deny: str | None = None) -> None:
         parsed = urlparse(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
-        self.error_rate, self.drop_rate = error_rate, drop_rate
+        self.error_rate, self.drop_rate, self.deny = error_rate, drop_rate, deny
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
@@ -44,10 +46,14 @@ class FaultProxy:
                     proxy.counts["requests"] += 1
                     roll = proxy.rng.random()
                 persistent = "persist" in self.path and self.command == "GET" and "list-type" not in self.path
-                if persistent or roll < proxy.error_rate:
-                    status, code, message = _ERRORS[2] if persistent else _ERRORS[int(roll * 1e6) % len(_ERRORS)]
+                denied = proxy.deny is not None and proxy.deny in self.path
+                if denied or persistent or roll < proxy.error_rate:
+                    if denied:
+                        status, code, message = 403, "AccessDenied", "Access Denied"
+                    else:
+                        status, code, message = _ERRORS[2] if persistent else _ERRORS[int(roll * 1e6) % len(_ERRORS)]
                     with proxy.lock:
-                        proxy.counts["persistent" if persistent else code] += 1
+                        proxy.counts["persistent" if persistent and not denied else code] += 1
                     payload = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'.encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
