@@ -102,12 +102,16 @@ def test_video_sampling_keys_are_validated():
         ("local-cluster[2,1,1024]", None),
     ],
 )
-def test_local_task_cpus(master, cpus, monkeypatch):
+def test_task_cpus_of_a_master(master, cpus):
     """local[N]: featurize tasks of up to 4 cores dividing N (one TensorFlow pool each); clusters keep their own spark.task.cpus."""
     from vidspark import app
 
     assert app.local_task_cpus(master) == cpus
-    monkeypatch.setattr(app, "available_cpus", lambda: 8)
-    assert app.local_task_cpus("local[*]") == 4
-    monkeypatch.setattr(app, "available_cpus", lambda: 2)
-    assert app.local_task_cpus("local[*]") == 2
+
+
+@pytest.mark.parametrize("available, cpus", [(8, 4), (6, 3), (2, 2), (1, 1)])
+def test_task_cpus_of_local_star_follow_the_cpus_this_process_may_use(available, cpus, monkeypatch):
+    from vidspark import app
+
+    monkeypatch.setattr(app, "available_cpus", lambda: available)
+    assert app.local_task_cpus("local[*]") == cpus

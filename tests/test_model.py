@@ -33,11 +33,29 @@ def test_save_load_predict_round_trip(tmp_path, n_classes):
     assert model.classes == [f"c{i}" for i in range(n_classes)]
 
 
-def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path):
+def test_overwrite_replaces_the_model_and_leaves_no_temp_dirs(tmp_path):
     trained(2, tmp_path)
     trained(3, tmp_path)
     assert load_model_dir(tmp_path / "model").classes == ["c0", "c1", "c2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_save_that_fails_midway_keeps_the_previous_model_whole(tmp_path):
+    _, X, path = trained(2, tmp_path)
+    before = load_model_dir(path).predict_proba(X)
+
+    def crash(folder):  # dies after model.txt, model.json and cv_report.json of the new model are written
+        assert (folder / "model.txt").exists()
+        raise OSError("disk full")
+
+    new = trained(3, tmp_path / "other")[0]
+    meta = {"classes": ["c0", "c1", "c2"], "feature_dim": 16, "featurizer": "resnet50/random-seed0@224"}
+    with pytest.raises(OSError, match="disk full"):
+        save_model_dir(path, model_str=new.model_to_string(), meta=meta, cv_report={}, write_extra=crash)
+    model = load_model_dir(path)  # the old model, complete: its checksum matches
+    assert model.classes == ["c0", "c1"]
+    np.testing.assert_allclose(model.predict_proba(X), before, rtol=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other"]
 
 
 def test_truncated_model_txt_is_refused(tmp_path):
