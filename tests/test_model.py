@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ def trained(n_classes: int, tmp_path):
     booster = fit_booster(lgb_params(TrainConf(), n_classes), X, y, num_boost_round=30)
     meta = {"classes": [f"c{i}" for i in range(n_classes)], "feature_dim": 16, "featurizer": "resnet50/random-seed0@224"}
     path = save_model_dir(tmp_path / "model", model_str=booster.model_to_string(), meta=meta, cv_report={"ok": True})
-    return booster, X, path
+    return booster, X, Path(path)
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -93,3 +94,20 @@ def test_compatibility_check(tmp_path):
         check_compatible(model, featurizers=["resnet50/imagenet@224"], feature_dim=16)
     with pytest.raises(ModelError, match="16 features"):
         check_compatible(model, featurizers=["resnet50/random-seed0@224"], feature_dim=2048)
+
+
+def test_a_model_directory_at_a_hadoop_uri_round_trips(spark, tmp_path):
+    """Any Hadoop URI (here file://, the same code path as s3a:// or hdfs://) is written and read through Spark's FileSystem."""
+    booster, X, _ = trained(2, tmp_path / "local")
+    uri = (tmp_path / "remote" / "model").as_uri()
+    meta = {"classes": ["c0", "c1"], "feature_dim": 16, "featurizer": "resnet50/random-seed0@224"}
+    assert save_model_dir(uri, model_str=booster.model_to_string(), meta=meta, cv_report={"ok": True}, spark=spark) == uri
+    assert save_model_dir(uri, model_str=booster.model_to_string(), meta=meta, cv_report={"ok": 2}, spark=spark) == uri  # replaced in place
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["model"]
+    model = load_model_dir(uri, spark=spark)
+    np.testing.assert_allclose(model.predict_proba(X)[:, 1], booster.predict(X), rtol=1e-12)
+    assert json.loads((tmp_path / "remote" / "model" / "cv_report.json").read_text()) == {"ok": 2}
+    with pytest.raises(ModelError, match="no session"):
+        load_model_dir(uri)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model_dir((tmp_path / "nowhere").as_uri(), spark=spark)

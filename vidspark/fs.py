@@ -79,3 +79,28 @@ class FileSystem:
     def status(self, path: Any) -> list[Any]:
         """Hadoop ``FileStatus`` entries of a folder (a path string or a Hadoop ``Path``)."""
         return list(self.raw.listStatus(self.Path(path) if isinstance(path, str) else path))
+
+    def put_dir(self, local: str, target: str) -> None:
+        """Copy a local folder to ``target`` beside which it is staged, then swap it in by renames.
+
+        Atomic where the store renames atomically (HDFS, local); on object stores (s3a, gs) renames are
+        copies, so a reader there can briefly see a half-moved folder.
+        """
+        staged, old = self.Path(f"{target.rstrip('/')}.tmp-{os.getpid()}"), self.Path(f"{target.rstrip('/')}.old-{os.getpid()}")
+        self.raw.delete(staged, True)
+        self.raw.copyFromLocalFile(False, True, self.Path(local), staged)
+        dest = self.Path(target)
+        if self.raw.exists(dest) and not self.raw.rename(dest, old):
+            raise StorageError(f"could not move the previous {target!r} aside")
+        if not self.raw.rename(staged, dest):
+            raise StorageError(f"could not move the new {target!r} into place")
+        self.raw.delete(old, True)
+
+    def get_dir(self, source: str, local: str) -> None:
+        """Copy a folder to a local path (no checksum files)."""
+        self.raw.copyToLocalFile(False, self.Path(source), self.Path(local), True)
+
+
+def is_hadoop_uri(path: str) -> bool:
+    """Whether ``path`` is a ``scheme://`` URI that Hadoop's FileSystem resolves (a plain path is local)."""
+    return "://" in path

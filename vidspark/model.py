@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vidspark.errors import ModelError
+from vidspark.fs import FileSystem, is_hadoop_uri
 
 MODEL_TXT = "model.txt"
 MODEL_JSON = "model.json"
@@ -80,6 +81,35 @@ def save_model_dir(
     meta: dict[str, Any],
     cv_report: dict[str, Any],
     write_extra: Callable[[Path], None] | None = None,
+    spark: Any | None = None,
+) -> str:
+    """Write a model directory: a local path atomically, or any Hadoop URI (``s3a://``, ``hdfs://``...) through ``spark``.
+
+    A reader sees either the previous complete model or the new complete model, never a mix (on
+    object stores, whose renames are copies, a reader can briefly see the folder being moved).
+
+    Raises
+    ------
+    ModelError
+        If ``model_dir`` is a URI and no ``spark`` session is given to reach it.
+    """
+    if not is_hadoop_uri(str(model_dir)):
+        return str(_save_local(model_dir, model_str=model_str, meta=meta, cv_report=cv_report, write_extra=write_extra))
+    if spark is None:
+        raise ModelError(f"model directory {str(model_dir)!r} is a URI: it is written through Spark's Hadoop FileSystem, and no session was given")
+    with tempfile.TemporaryDirectory(prefix="vidspark-model-") as local:
+        built = _save_local(Path(local) / "model", model_str=model_str, meta=meta, cv_report=cv_report, write_extra=write_extra)
+        FileSystem(spark, str(model_dir)).put_dir(str(built), str(model_dir))
+    return str(model_dir)
+
+
+def _save_local(
+    model_dir: str | Path,
+    *,
+    model_str: str,
+    meta: dict[str, Any],
+    cv_report: dict[str, Any],
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a model directory atomically: built in a sibling temp folder, then renamed into place.
 
@@ -109,8 +139,8 @@ def save_model_dir(
     return target
 
 
-def load_model_dir(model_dir: str | Path) -> TrainedModel:
-    """Load and check a model directory.
+def load_model_dir(model_dir: str | Path, *, spark: Any | None = None) -> TrainedModel:
+    """Load and check a model directory: a local path, or any Hadoop URI read through ``spark``.
 
     Raises
     ------
@@ -118,6 +148,15 @@ def load_model_dir(model_dir: str | Path) -> TrainedModel:
         If a file is missing, ``model.json`` is not valid, ``model.txt`` does not match the SHA-256
         recorded in ``model.json`` (truncated or replaced), or LightGBM cannot parse it.
     """
+    if is_hadoop_uri(str(model_dir)):
+        if spark is None:
+            raise ModelError(f"model directory {str(model_dir)!r} is a URI: it is read through Spark's Hadoop FileSystem, and no session was given")
+        fs = FileSystem(spark, str(model_dir))
+        if not fs.exists(str(model_dir)):
+            raise ModelError(f"model directory {str(model_dir)!r} does not exist: train a model with 'vidspark train' first")
+        with tempfile.TemporaryDirectory(prefix="vidspark-model-") as local:
+            fs.get_dir(str(model_dir), os.path.join(local, "model"))
+            return load_model_dir(os.path.join(local, "model"))
     path = Path(model_dir).expanduser()
     txt, js = path / MODEL_TXT, path / MODEL_JSON
     for f in (txt, js):

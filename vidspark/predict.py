@@ -226,7 +226,7 @@ def predict(
     if window < 1:
         raise ConfigError(f"--window must be >= 1, got {window}")
     t0 = time.perf_counter()
-    model = load_model_dir(model_dir)
+    model = load_model_dir(model_dir, spark=spark)
     frames_out, videos_out = join(output, "frames"), join(output, "videos")
     for table in (features, frames_out, videos_out):  # a swap a killed run left half done, before any read
         recover_table(spark, table)

@@ -349,6 +349,7 @@ def train(spark: SparkSession, *, features: str, model_dir: str, conf: Conf) -> 
         meta=meta,
         cv_report=cv,
         write_extra=lambda d: plot_confusion(overall["confusion_matrix"], data.classes, d / CONFUSION_PNG),
+        spark=spark,
     )
     summary = {
         "features": features,
