@@ -225,3 +225,17 @@ def test_mixed_video_and_still_archive_from_s3(spark, s3_endpoint, tmp_path):
     png = tmp_path / "timeline.png"
     assert main(["timeline", "--predictions", str(out / "predictions"), "--video", video_truths[0].video_id, "--out", str(png)], spark=spark) == 0
     assert png.stat().st_size > 10_000
+
+
+def test_demo_runs_end_to_end_and_prints_its_summary(spark, tmp_path, capsys):
+    from vidspark.cli import main
+
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--set", "featurizer.image_size=32", "--set", "train.num_boost_round=30"], spark=spark) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vidspark demo summary") and "3 errors {'decode': 3}" in out  # the three broken objects, as rows
+    runs = sorted(p.name for p in (work / "output" / "runs").glob("*.json"))
+    assert runs and all(json.loads((work / "output" / "runs" / r).read_text())["status"] == "ok" for r in runs)
+    for table in ("features", "errors", "predictions/frames", "predictions/videos"):
+        assert spark.read.parquet(str(work / "output" / table)).count() > (0 if table != "errors" else 2), table
+    assert (work / "output" / "model" / "model.json").is_file()
