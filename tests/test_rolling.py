@@ -37,17 +37,17 @@ def test_label_switches():
     assert label_switches(np.array(["a"])) == 0
 
 
-def test_spark_smoothing_per_video_follows_frame_idx_whatever_frame_ts_says(spark):
-    """Frames arrive shuffled; the order is frame_idx (presentation order), through ties in frame_ts and
-    times that run backwards (v2); videos never mix."""
+def test_spark_smoothing_per_video_in_presentation_order(spark):
+    """Frames arrive shuffled; ties in frame_ts are ordered by frame_idx, and a frame folder (v2: every frame
+    has the folder's one time) by frame_idx alone; videos never mix."""
     rng = np.random.default_rng(7)
     classes = ["a", "b", "c"]
     t0 = datetime(2026, 11, 20, 23, 59, 50, tzinfo=timezone.utc)
     rows, expected = [], {}
-    for video, n in (("v1", 40), ("v2", 9)):
+    for video, n in (("v1", 40), ("v2", 12)):  # v2: uris 10.jpg and 11.jpg sort before 2.jpg: frame_idx must decide
         probs = rng.dirichlet(np.ones(3), size=n)
         # two frames per timestamp: the tie must be broken by frame_idx, not by arrival order
-        ts = [t0 + timedelta(seconds=i // 2 if video == "v1" else n - i) for i in range(n)]
+        ts = [t0 + timedelta(seconds=i // 2) if video == "v1" else t0 for i in range(n)]
         sm = reference(probs.tolist(), 5)
         for i in range(n):
             expected[(video, i)] = sm[i]

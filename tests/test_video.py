@@ -183,22 +183,29 @@ def test_kind_and_sniff(videos):
     assert not sniff_is_video(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00")  # HEIF still, not a video
 
 
-def test_range_reader_streams_from_s3_with_bounded_memory(videos, s3_client, bucket):
-    data = videos["h264.mp4"].read_bytes()
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.ts"])  # TS is read sequentially: a second container on the same reader would move it
+def test_range_reader_streams_from_s3_with_bounded_memory(videos, s3_client, bucket, name):
+    data = videos[name].read_bytes()
     s3_client.put_object(Bucket=bucket, Key="cam/v.mp4", Body=data)
     etag = s3_client.head_object(Bucket=bucket, Key="cam/v.mp4")["ETag"].strip('"')
     block = 4096
     sniffer = RangeReader(s3_client, f"s3://{bucket}/cam/v.mp4", size=len(data), etag=etag, block_size=block)
     assert read_head(sniffer) == data[:512] and sniffer.requests == 0  # a 512-byte range, not a read block
     reader = RangeReader(s3_client, f"s3://{bucket}/cam/v.mp4", size=len(data), etag=etag, block_size=block)
-    vconf = VideoConf(read_block_bytes=block)
+    vconf = VideoConf(read_block_bytes=block, segment_seconds=1.2)
     report = DecodeReport()
     remote = list(decode_frames(reader, vconf, size=32, report=report))
-    local, _ = run(videos["h264.mp4"], vconf)
+    local, _ = run(videos[name], vconf)
     assert report.error() is None
     assert [(f.idx, f.seconds) for f in remote] == [(f.idx, f.seconds) for f in local]
+    for a, b in zip(remote, local, strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
     assert reader.requests >= len(data) // block  # read in ranges, never as one object
     assert reader.max_buffered <= 2 * block
+    probe_reader = RangeReader(s3_client, f"s3://{bucket}/cam/v.mp4", size=len(data), etag=etag, block_size=block)
+    assert probe_segments(probe_reader, vconf)[0] == probe_segments(str(videos[name]), vconf)[0]
+    if name.endswith(".ts"):
+        return
     # An object replaced after listing is refused (IfMatch), and reported as a storage problem.
     s3_client.put_object(Bucket=bucket, Key="cam/v.mp4", Body=data + b"\x00")
     stale = RangeReader(s3_client, f"s3://{bucket}/cam/v.mp4", size=len(data), etag=etag, block_size=block)
@@ -264,3 +271,23 @@ def test_corrupt_packets_keep_frame_numbers_of_split_and_whole_decodes(videos, t
     assert [(f.idx, f.seconds) for f in split] == [(f.idx, f.seconds) for f in whole]
     # a frame's index is its place in the stream, whatever failed before it
     np.testing.assert_allclose([f.seconds for f in whole], [f.idx / FPS for f in whole], atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["avi", "matroska"])
+def test_a_video_stream_without_frames_is_one_error_not_silence(tmp_path, fmt):
+    path = tmp_path / f"empty.{fmt}"
+    with av.open(str(path), "w", format=fmt) as out:  # a declared video stream, and only audio packets
+        s = out.add_stream("mjpeg" if fmt == "avi" else "libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p" if fmt == "avi" else "yuv420p"
+        audio = out.add_stream("mp2", rate=16000)
+        for i in range(10):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 16000, i * 1152
+            for p in audio.encode(af):
+                out.mux(p)
+        for p in audio.encode():
+            out.mux(p)
+    with av.open(str(path)) as c:
+        assert len(c.streams.video) == 1
+    frames, report = run(path, VideoConf())
+    assert frames == [] and report.error() == ("EmptyVideo", "the video stream has no frames")

@@ -29,10 +29,6 @@ _MODELS: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
-def _is_special(weights: str) -> bool:
-    return weights in ("imagenet", "random")
-
-
 def featurizer_id(conf: FeaturizerConf, storage: StorageConf | None = None, *, s3_client: Any | None = None) -> str:
     """Identify backbone, weights and input size, so features of different models never mix.
 

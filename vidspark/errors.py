@@ -78,6 +78,8 @@ def raised_in_vidspark(exc: BaseException) -> bool:
     innermost frame is in the vidspark package is a bug; ``MemoryError`` is exhaustion wherever it
     comes from. vidspark's deliberate errors (:class:`VidsparkError`, ``DecodeError``) are input problems.
     """
+    if type(exc).__module__.split(".")[0] in ("av", "PIL"):  # a decoder's own error (PyAV's MemoryError too) is about the data
+        return False
     if isinstance(exc, MemoryError):
         return True
     if not isinstance(exc, _BUG_TYPES) or isinstance(exc, VidsparkError):

@@ -32,12 +32,13 @@ def existing_objects(spark: SparkSession, features: str, *, cameras: frozenset[s
     df = read_table(spark, features, FEATURES_SCHEMA)
     if cameras is not None:
         df = df.where(F.col("camera_id").isin(sorted(cameras)))
-    agg = [F.first("video_id").alias("video_id"), F.first("label").alias("label"), F.min("object_ts").alias("object_ts"), F.min("frame_idx").alias("frame_idx"), F.min("frame_ts").alias("frame_ts")]
+    # Timestamps as microseconds since the epoch: instants, whatever the session time zone (no DST ambiguity).
+    agg = [F.first("video_id").alias("video_id"), F.first("label").alias("label"), F.min("frame_idx").alias("frame_idx")]
+    agg += [F.unix_micros(F.min(c)).alias(c) for c in ("object_ts", "frame_ts")]
     out: pd.DataFrame = df.groupBy(*keys).agg(*agg).toPandas()
     out["date"] = [d.isoformat() for d in out["date"]]
-    session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-    for col in ("object_ts", "frame_ts"):  # Spark hands timestamps over naive, in the session time zone
-        out[col] = pd.to_datetime(out[col]).dt.tz_localize(session_tz).dt.tz_convert("UTC")
+    for col in ("object_ts", "frame_ts"):
+        out[col] = pd.to_datetime(out[col], unit="us", utc=True)
     return out
 
 

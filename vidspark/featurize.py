@@ -68,7 +68,7 @@ def featurize(
 ) -> dict[str, Any]:
     """Featurize the objects under ``input_uri`` into the feature store ``output`` and errors/.
 
-    Incremental: an object already in ``output`` with the same ETag and featurizer id is skipped
+    Incremental: an object already in ``output`` with the same ETag, featurizer id and identity is skipped
     (unless ``full``); an object featurized again has its old rows replaced; with ``prune``, rows of
     objects no longer listed (within ``selection``'s cameras) are removed. Each affected
     ``(camera_id, date)`` partition is rewritten whole, crash-safely (staged, then swapped).

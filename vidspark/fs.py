@@ -3,7 +3,8 @@
 Run records, state files, swap manifests and the predict record go through Hadoop's FileSystem of
 the running session, so the same code works on local paths and on any Hadoop URI (``hdfs://``,
 ``s3a://``, ``gs://``, ``file://``) with the connectors and credentials the cluster configured.
-This is the only module that reaches into Spark's JVM gateway.
+This is the only module that reaches into Spark's JVM gateway; the partition swaps of
+:mod:`vidspark.outputs` use the Hadoop FileSystem object it hands out.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Predict: broadcast booster -> per-frame probabilities -> rolling average per video -> Parquet.
 
-The smoothed probabilities of frame i of a video (frames in presentation order: ``frame_idx``,
-then ``frame_ts`` and ``uri`` so ties are deterministic; never upload order) are the mean of the raw probability vectors of frames
+The smoothed probabilities of frame i of a video (frames in :data:`~vidspark.schemas.PRESENTATION_ORDER`:
+by object, time in it, index, then ``uri`` so ties are deterministic; never upload order) are the mean of the raw probability vectors of frames
 ``max(0, i-K+1) .. i``: the rolling-prediction-averaging recipe that stops label flicker.
 """
 
@@ -26,14 +26,14 @@ from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
 from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists, write_json
-from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, VIDEO_PREDICTIONS_SCHEMA
+from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, PRESENTATION_ORDER, SOURCE_FIELDS, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
 _BOOSTERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 _IDENTITY = [f.name for f in IDENTITY_FIELDS]
-_ORDER = ["frame_idx", "frame_ts", "uri"]
+_ORDER = PRESENTATION_ORDER
 
 
 def rolling_mean(probabilities: np.ndarray, window: int) -> np.ndarray:
@@ -118,8 +118,9 @@ def with_smoothing(frames_df: DataFrame, *, classes: list[str], window: int) -> 
     Frames with no ``video_id`` (single images) are their own sequence: smoothed equals raw.
     """
     base_cols = [c for c in FRAME_PREDICTIONS_SCHEMA.fieldNames() if c not in ("predicted_label", "predicted_prob", "smoothed_probabilities", "smoothed_label", "smoothed_prob")]
-    if "dropped_frames" not in frames_df.columns:  # frames that never came from a video decode
-        frames_df = frames_df.withColumn("dropped_frames", F.lit(None).cast("long"))
+    for f in SOURCE_FIELDS:  # frames read from a store older than these columns
+        if f.name not in frames_df.columns:
+            frames_df = frames_df.withColumn(f.name, F.lit(None).cast(f.dataType))
     df = frames_df.select(*base_cols)
     videos = df.where(F.col("video_id").isNotNull())
     singles = df.where(F.col("video_id").isNull())
@@ -160,7 +161,7 @@ def make_video_summary(classes: list[str]) -> Any:
 
 def video_summaries(frames_df: DataFrame, *, classes: list[str]) -> DataFrame:
     """One row per video (frames with a ``video_id``): label from mean probabilities, flicker counts."""
-    cols = ["camera_id", "video_id", "date", "frame_ts", "frame_idx", "uri", "dropped_frames", "probabilities", "predicted_label", "smoothed_label"]
+    cols = ["camera_id", "video_id", "date", "object_ts", "frame_ts", "frame_idx", "uri", "dropped_frames", "probabilities", "predicted_label", "smoothed_label"]
     return frames_df.where(F.col("video_id").isNotNull()).select(*cols).groupBy("camera_id", "video_id").applyInPandas(make_video_summary(classes), schema=VIDEO_PREDICTIONS_SCHEMA)
 
 
@@ -170,7 +171,7 @@ def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedMo
     first = features_df.select(F.size("features").alias("n")).first()
     check_compatible(model, featurizers=featurizers, feature_dim=int(first["n"]) if first else None)
     model_bc = spark.sparkContext.broadcast(model.model_str)
-    with_proba = with_probabilities(features_df.select(*_IDENTITY, "dropped_frames", "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim)
+    with_proba = with_probabilities(features_df.select(*_IDENTITY, *(f.name for f in SOURCE_FIELDS), "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim)
     return with_smoothing(with_proba.drop("features"), classes=model.classes, window=window)
 
 

@@ -96,7 +96,7 @@ FRAME_PREDICTIONS_SCHEMA = T.StructType(
         T.StructField("smoothed_probabilities", _PROB, False),
         T.StructField("smoothed_label", T.StringType(), False),
         T.StructField("smoothed_prob", T.DoubleType(), False),
-        T.StructField("dropped_frames", T.LongType(), True),
+        *SOURCE_FIELDS,
         T.StructField("label", T.StringType(), True),
     ]
 )
@@ -119,3 +119,7 @@ VIDEO_PREDICTIONS_SCHEMA = T.StructType(
 )
 
 PARTITION_COLUMNS = ("camera_id", "date")
+
+# Presentation order of the frames of one video, whatever made it: the object (a video file, or a frame
+# folder whose frames share one object time), the frame's time in it, its index, then the uri for ties.
+PRESENTATION_ORDER = ["object_ts", "frame_ts", "frame_idx", "uri"]

@@ -37,12 +37,6 @@ class Location:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/") if self.scheme == "s3" else self.prefix
 
-    def object_uri(self, rel_key: str) -> str:
-        """Full URI of an object below this location."""
-        if self.scheme == "s3":
-            return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}{rel_key}"
-        return str(Path(self.prefix) / rel_key)
-
 
 @dataclass(frozen=True)
 class ObjectInfo:

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from vidspark.errors import ConfigError, StorageError, error_message
 from vidspark.outputs import join, path_exists, read_table, read_text
-from vidspark.schemas import FRAME_PREDICTIONS_SCHEMA, VIDEO_PREDICTIONS_SCHEMA
+from vidspark.schemas import FRAME_PREDICTIONS_SCHEMA, PRESENTATION_ORDER, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def video_frames(spark: SparkSession, predictions: str, *, video_id: str, camera
     frames_df = read_table(spark, join(predictions, "frames"), FRAME_PREDICTIONS_SCHEMA).where(F.col("video_id") == video_id)
     if camera_id is not None:
         frames_df = frames_df.where(F.col("camera_id") == camera_id)
-    cols = ["camera_id", "video_id", "frame_ts", "frame_idx", "probabilities", "smoothed_probabilities", "predicted_label", "smoothed_label"]
+    cols = ["camera_id", "video_id", "uri", "object_ts", "frame_ts", "frame_idx", "probabilities", "smoothed_probabilities", "predicted_label", "smoothed_label"]
     pdf: pd.DataFrame = frames_df.select(*cols).toPandas()
     if pdf.empty:
         where = f" in camera {camera_id!r}" if camera_id else ""
@@ -66,7 +66,7 @@ def video_frames(spark: SparkSession, predictions: str, *, video_id: str, camera
     cameras = sorted(pdf["camera_id"].unique())
     if len(cameras) > 1:
         raise ConfigError(f"video {video_id!r} exists in cameras {cameras}: pass --camera to choose one")
-    pdf = pdf.sort_values(["frame_ts", "frame_idx"], kind="stable").reset_index(drop=True)
+    pdf = pdf.sort_values(PRESENTATION_ORDER, kind="stable").reset_index(drop=True)
     summary = None
     videos_path = join(predictions, "videos")
     try:
@@ -91,25 +91,31 @@ def plot_timeline(pdf: pd.DataFrame, classes: list[str], out: str | Path, *, sum
     t = pd.to_datetime(pdf["frame_ts"])
     if t.dt.tz is not None:
         t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    # A frame folder's frames share one time: there the x axis is the frame's place in the video.
+    by_time = t.is_monotonic_increasing and t.nunique() == len(t)
+    x_values: Any = t if by_time else np.arange(len(pdf))
     colors = [plt.get_cmap("tab10")(k) for k in range(10)]
     fig, (ax, strip) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [4, 1]}, constrained_layout=True)
     for k, name in enumerate(classes):
         c = colors[k % len(colors)]
-        ax.plot(t, raw[:, k], color=c, lw=0.8, alpha=0.45, marker=".", ms=3, label=f"{name} (raw)")
-        ax.plot(t, smooth[:, k], color=c, lw=2.4, label=f"{name} (smoothed)")
+        ax.plot(x_values, raw[:, k], color=c, lw=0.8, alpha=0.45, marker=".", ms=3, label=f"{name} (raw)")
+        ax.plot(x_values, smooth[:, k], color=c, lw=2.4, label=f"{name} (smoothed)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("probability")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     index = {name: k for k, name in enumerate(classes)}
     bands = np.array([[index[v] for v in pdf["predicted_label"]], [index[v] for v in pdf["smoothed_label"]]])
-    edges = mdates.date2num(t.to_numpy())
-    step = np.median(np.diff(edges)) if len(edges) > 1 else 1 / 86400
+    edges = mdates.date2num(t.to_numpy()) if by_time else np.arange(len(pdf), dtype=float)
+    step = np.median(np.diff(edges)) if len(edges) > 1 else (1 / 86400 if by_time else 1.0)
     x = np.append(edges - step / 2, edges[-1] + step / 2)
     strip.pcolormesh(x, [0, 1, 2], bands, cmap=ListedColormap([colors[k % len(colors)] for k in range(len(classes))]), vmin=-0.5, vmax=len(classes) - 0.5)
     strip.set_yticks([0.5, 1.5], ["raw label", "smoothed"])
-    strip.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    strip.set_xlabel(f"frame time (UTC, {t.iloc[0]:%Y-%m-%d})")
+    if by_time:
+        strip.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+        strip.set_xlabel(f"frame time (UTC, {t.iloc[0]:%Y-%m-%d})")
+    else:
+        strip.set_xlabel(f"frame in presentation order (the frames share one time, {t.iloc[0]:%Y-%m-%d %H:%M:%S} UTC)")
     camera, video = pdf["camera_id"].iloc[0], pdf["video_id"].iloc[0]
     if summary is not None:
         label, prob = summary["label"], summary["prob"]

@@ -152,22 +152,29 @@ def _pts_in_decode_order(av: Any, source: Any, vconf: VideoConf, probe_packets: 
 
     Some muxers write decode times as presentation times (a real MP4 from a Debian package does);
     such pts cannot order frames, so the file is timed like an AVI. Reads the first packets
-    through a container of its own, so the caller's demuxing is untouched.
+    through a container and a reader of its own, so the caller's demuxing is untouched; a file
+    this look-ahead cannot read is left to the caller's decode to report.
     """
-    with _open(av, source, vconf) as container:
-        stream = container.streams.video[0]
-        if not stream.codec_context.has_b_frames:
-            return False
-        n = 0
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.pts is None:
-                continue
-            if packet.pts != packet.dts:
+    own = source.fresh() if isinstance(source, RangeReader) else source
+    try:
+        with _open(av, own, vconf) as container:
+            stream = container.streams.video[0]
+            if not stream.codec_context.has_b_frames:
                 return False
-            n += 1
-            if n >= probe_packets:
-                break
-        return n > 0
+            n = 0
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                if packet.pts != packet.dts:
+                    return False
+                n += 1
+                if n >= probe_packets:
+                    break
+            return n > 0
+    except Exception as exc:  # FFmpeg or storage errors: not this check's to report
+        if raised_in_vidspark(exc):
+            raise
+        return False
 
 
 def _packet_end(packet: Any, start: int, tb: Fraction, rate: Fraction) -> Fraction | None:
@@ -429,6 +436,8 @@ def _decode_attempt(
         if lost and len(report.errors) == errors_before:
             where = f", the first at t={float((first_lost - start) * tb):.3f} s" if first_lost is not None else ""
             report.add("LostFrames", f"{lost} frame(s) did not decode{where} (corrupt data?)")
+        if whole and idx == 0 and len(report.errors) == errors_before:
+            report.add("EmptyVideo", "the video stream has no frames")
         if whole and len(report.errors) == errors_before:
             problem_text = _check_complete(container, stream, source, frame_no=idx, last_t=prev_t, data_end=data_end, rate=rate)
             if problem_text:

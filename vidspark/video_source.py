@@ -68,6 +68,11 @@ class RangeReader(io.RawIOBase):
         self.max_buffered = 0
         self.error: BaseException | None = None
 
+    def fresh(self) -> RangeReader:
+        """Another reader of the same object, with its own position and blocks (for a second container)."""
+        bucket_uri = f"s3://{self.bucket}/{self.key}"
+        return RangeReader(self.client, bucket_uri, size=self.size, etag=self.etag, block_size=self.block_size, max_blocks=self.max_blocks, attempts=self.attempts)
+
     def readable(self) -> bool:
         return True
 
