@@ -14,12 +14,15 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vidspark import __version__
 from vidspark.app import build_session, check_java, configure_logging, new_run_id, under_spark_submit
 from vidspark.config import Conf, load_conf, log_effective, redacted
 from vidspark.errors import EXIT_OK, ConfigError, VidsparkError
+
+if TYPE_CHECKING:
+    from vidspark.pipeline import DemoSummary
 
 logger = logging.getLogger("vidspark")
 
@@ -130,8 +133,8 @@ def _load(args: argparse.Namespace) -> Conf:
     return load_conf(args.conf, overrides)
 
 
-def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable[[Any], dict[str, Any]], str | None]:
-    """The library call for a verb, and where its run record goes (None: a viewer, no record)."""
+def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable[[Any], Any], str | None]:
+    """The library call for a verb (it returns a summary: a dict, or a RunSummary or DemoSummary), and where its run record goes (None: a viewer, no record)."""
     from vidspark import featurize, outputs, pipeline, predict, train
 
     v = args.verb
@@ -176,15 +179,17 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         return exc.exit_code
     own_session = spark is None
     session = spark
-    status, code, message, summary = "ok", EXIT_OK, None, {}
+    status, code, message = "ok", EXIT_OK, None
+    summary: Any = {}
     try:
         session = session or build_session(f"vidspark-{args.verb}", master=args.master, spark_conf=conf.spark)
         logger.info("run %s: %s started", run_id, args.verb)
         summary = fn(session)
         if args.verb in ("featurize", "run", "demo"):
-            from vidspark.pipeline import check_error_fraction
+            from vidspark.pipeline import DemoSummary, ErrorTally, RunSummary, check_error_fraction
 
-            check_error_fraction(summary["run"] if args.verb == "demo" else summary, conf)
+            tally = summary.run.tally if isinstance(summary, DemoSummary) else summary.tally if isinstance(summary, RunSummary) else ErrorTally.of(summary)
+            check_error_fraction(tally, conf)
     except VidsparkError as exc:
         status, code, message = "failed", exc.exit_code, str(exc)
         logger.error("%s", exc)
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         "status": status,
         "exit_code": code,
         "message": message,
-        "summary": summary,
+        "summary": summary.record() if hasattr(summary, "record") else summary,
     }
     if session is not None and runs_dir is not None:
         try:
@@ -215,16 +220,15 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         except Exception as exc:  # a run record that cannot be written must not hide the job's own result
             logger.warning("could not write the run record to %s: %s", runs_dir, exc)
     if status == "ok" or code == 4:
-        print(render_summary(args.verb, summary) if args.verb == "demo" else json.dumps(summary, indent=2, default=str))
+        print(render_summary(summary) if args.verb == "demo" else json.dumps(record["summary"], indent=2, default=str))
     if own_session and session is not None:
         session.stop()
     return code
 
 
-def render_summary(verb: str, s: dict[str, Any]) -> str:
+def render_summary(s: DemoSummary) -> str:
     """The demo's human-readable summary."""
-    labeled, t, r = s["featurize_labeled"], s["train"], s["run"]
-    fc, pc = r["featurize"], r["predict"]
+    labeled, t, fc, pc, output = s.featurize_labeled, s.train, s.run.featurize, s.run.predict, s.output
     lines = [
         "vidspark demo summary",
         f"  labeled set:   {labeled['featurized']} frames featurized ({labeled['error_count']} errors), classes {t['classes']}",
@@ -233,14 +237,14 @@ def render_summary(verb: str, s: dict[str, Any]) -> str:
         f"  videos:        {pc.get('videos', 0)} classified, label switches raw {pc.get('raw_label_switches', 0)} -> smoothed {pc.get('smoothed_label_switches', 0)} (window {pc.get('window')})",
         f"  featurizer:    {fc['featurizer']}",
         "  outputs:",
-        f"    features     {s['output']}/features",
-        f"    errors       {s['output']}/errors",
+        f"    features     {output}/features",
+        f"    errors       {output}/errors",
         f"    frames       {pc.get('frames_output')}",
         f"    videos       {pc.get('videos_output')}",
         f"    model        {t['model']}",
-        f"    run records  {s['output']}/runs",
+        f"    run records  {output}/runs",
         "  look at one video:",
-        f"    vidspark timeline --predictions {s['output']}/predictions --video cam3/20261120T150000 --out timeline.png",
+        f"    vidspark timeline --predictions {output}/predictions --video cam3/20261120T150000 --out timeline.png",
     ]
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,54 @@ logger = logging.getLogger(__name__)
 DEMO_CAMERA_LAYOUT = "{camera_id}/{video_id}/** | {camera_id}/{ts}"
 
 
-def check_error_fraction(summary: dict[str, Any], conf: Conf) -> None:
+@dataclass(frozen=True)
+class ErrorTally:
+    """How many of a featurize's listed inputs failed, by stage, and where its errors table is."""
+
+    listed: int
+    error_count: int
+    error_fraction: float
+    errors_by_stage: dict[str, int]
+    errors: str
+
+    @classmethod
+    def of(cls, featurize_summary: dict[str, Any]) -> ErrorTally:
+        return cls(**{f.name: featurize_summary[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the nightly ``run`` did: its featurize and predict summaries and the partitions an interrupted run left."""
+
+    featurize: dict[str, Any]
+    predict: dict[str, Any]
+    recovered_partitions: list[dict[str, str]]
+
+    @property
+    def tally(self) -> ErrorTally:
+        return ErrorTally.of(self.featurize)
+
+    def record(self) -> dict[str, Any]:
+        """The run record's ``summary``."""
+        return {"featurize": self.featurize, "predict": self.predict, "recovered_partitions": self.recovered_partitions, **asdict(self.tally)}
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo did: the archive it made, the labeled featurize, the training and the nightly run."""
+
+    archive: dict[str, Any]
+    featurize_labeled: dict[str, Any]
+    train: dict[str, Any]
+    run: RunSummary
+    output: str
+
+    def record(self) -> dict[str, Any]:
+        """The run record's ``summary``."""
+        return {"archive": self.archive, "featurize_labeled": self.featurize_labeled, "train": self.train, "run": self.run.record(), "output": self.output}
+
+
+def check_error_fraction(tally: ErrorTally, conf: Conf) -> None:
     """Raise when more inputs failed than ``job.max_error_fraction`` allows (outputs already written).
 
     Raises
@@ -32,11 +80,10 @@ def check_error_fraction(summary: dict[str, Any], conf: Conf) -> None:
     ErrorFractionExceeded
         With the counts per stage and where the errors table is.
     """
-    fraction = summary.get("error_fraction", 0.0)
-    if fraction > conf.job.max_error_fraction:
+    if tally.error_fraction > conf.job.max_error_fraction:
         raise ErrorFractionExceeded(
-            f"{summary['error_count']} of {summary['listed']} inputs failed ({fraction:.1%} > job.max_error_fraction "
-            f"{conf.job.max_error_fraction:.1%}); by stage: {summary['errors_by_stage']}; see {summary['errors']}"
+            f"{tally.error_count} of {tally.listed} inputs failed ({tally.error_fraction:.1%} > job.max_error_fraction "
+            f"{conf.job.max_error_fraction:.1%}); by stage: {tally.errors_by_stage}; see {tally.errors}"
         )
 
 
@@ -52,7 +99,7 @@ def run(
     full: bool = False,
     prune: bool = False,
     selection: Selection | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """The nightly job: featurize what is new or changed under ``input_uri``, then re-predict the partitions it touched.
 
     The feature store ``output/features`` is incremental (see :func:`vidspark.featurize.featurize`).
@@ -91,16 +138,7 @@ def run(
         predict_summary = predict(spark, features=features_out, model_dir=model_dir, output=join(output, "predictions"), conf=conf, window=window, partitions=parts, run_id=run_id)
     for name in {*pending_files, f"pending-{run_id}.json"}:
         delete_path(spark, join(state, name))
-    return {
-        "featurize": featurize_summary,
-        "predict": predict_summary,
-        "recovered_partitions": [{"camera_id": c, "date": d} for c, d in sorted(pending)],
-        "error_fraction": featurize_summary["error_fraction"],
-        "error_count": featurize_summary["error_count"],
-        "listed": featurize_summary["listed"],
-        "errors_by_stage": featurize_summary["errors_by_stage"],
-        "errors": featurize_summary["errors"],
-    }
+    return RunSummary(featurize_summary, predict_summary, [{"camera_id": c, "date": d} for c, d in sorted(pending)])
 
 
 def make_demo_archive(root: Path, *, classes: tuple[str, ...] = CLASSES, per_class: int = 40, seed: int = 0) -> dict[str, Any]:
@@ -123,7 +161,7 @@ def make_demo_archive(root: Path, *, classes: tuple[str, ...] = CLASSES, per_cla
     return {"labeled": str(labeled), "cameras": str(cameras), "labeled_objects": len(keys), "videos": len(truths)}
 
 
-def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> dict[str, Any]:
+def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> DemoSummary:
     """Generate a synthetic archive in ``workdir`` and run featurize -> train -> run on it."""
     root = Path(workdir).resolve()
     archive = make_demo_archive(root / "archive")
@@ -136,4 +174,4 @@ def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> dict[
     if conf.video == VideoConf():
         camera_conf = camera_conf.replace("video", every_n_frames=2)
     run_summary = run(spark, input_uri=archive["cameras"], model_dir=str(out / "model"), output=str(out), conf=camera_conf, run_id=run_id)
-    return {"archive": archive, "featurize_labeled": train_features, "train": train_summary, "run": run_summary, "output": str(out)}
+    return DemoSummary(archive, train_features, train_summary, run_summary, str(out))
