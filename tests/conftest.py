@@ -69,11 +69,17 @@ def bucket(s3_client):
 
 @pytest.fixture(scope="session")
 def spark(s3_endpoint):
-    """One local[2] session for the whole run (started after the S3 endpoint, so workers inherit its env)."""
+    """One local[2] session for the whole run (started after the S3 endpoint, so workers inherit its env).
+
+    A task may be tried twice (``local[2,2]``), as a cluster retries one (``spark.task.maxFailures``):
+    a Python worker once died without a trace in a long run of tests, and a deterministic failure
+    still fails both tries. The faulthandler makes such a death print its Python stack.
+    """
     from pyspark.sql import SparkSession
 
     session = (
-        SparkSession.builder.master("local[2]")
+        SparkSession.builder.master("local[2,2]")
+        .config("spark.python.worker.faulthandler.enabled", "true")
         .appName("vidspark-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")

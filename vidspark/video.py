@@ -161,16 +161,21 @@ def _pts_in_decode_order(av: Any, source: Any, vconf: VideoConf, probe_packets: 
             stream = container.streams.video[0]
             if not stream.codec_context.has_b_frames:
                 return False
-            n = 0
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None:
-                    continue
-                if packet.pts != packet.dts:
-                    return False
-                n += 1
-                if n >= probe_packets:
-                    break
-            return n > 0
+            n, same = 0, True
+            demux = container.demux(stream)
+            try:
+                for packet in demux:
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    if packet.pts != packet.dts:
+                        same = False
+                        break
+                    n += 1
+                    if n >= probe_packets:
+                        break
+            finally:
+                demux.close()  # end the demuxer before its container closes
+            return same and n > 0
     except Exception as exc:  # FFmpeg or storage errors: not this check's to report
         if raised_in_vidspark(exc):
             raise
