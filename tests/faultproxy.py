@@ -4,7 +4,8 @@ For a seeded fraction of requests it answers 500 InternalError, 503 ServiceUnava
 SlowDown itself, or forwards the request and cuts the connection halfway through the response
 body. Keys containing ``persist`` always fail (503), past any retry; with ``deny``, every request
 whose path contains that text is refused with 403 AccessDenied (a bucket or objects the
-credentials may not read). Every fault is counted.
+credentials may not read). Every fault is counted, and every request logged (``requests``), so
+with no faults it is a request-counting proxy.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.requests: list[tuple[str, str]] = []  # (method, path with query) of every request, in order
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,6 +46,7 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else None
                 with proxy.lock:
                     proxy.counts["requests"] += 1
+                    proxy.requests.append((self.command, self.path))
                     roll = proxy.rng.random()
                 persistent = "persist" in self.path and self.command == "GET" and "list-type" not in self.path
                 denied = proxy.deny is not None and proxy.deny in self.path
@@ -103,6 +106,17 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def list_requests(self) -> list[dict[str, str]]:
+        """The ListObjectsV2 requests seen: their query parameters (``prefix``, ``delimiter``, ...), decoded."""
+        from urllib.parse import parse_qs
+
+        out = []
+        for method, path in self.requests:
+            query = parse_qs(urlparse(path).query, keep_blank_values=True)
+            if method == "GET" and query.get("list-type") == ["2"]:
+                out.append({k: v[0] for k, v in query.items()})
+        return out
 
     @property
     def faults(self) -> int:

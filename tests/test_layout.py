@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import pytest
 
 from vidspark.errors import ConfigError, LayoutError
-from vidspark.layout import Layout, LayoutMismatch, natural_key
+from vidspark.layout import Layout, LayoutMismatch, natural_key, natural_sort_text
 
 
 def test_label_and_double_star():
@@ -69,6 +69,17 @@ def test_bad_templates_raise_config_errors(template):
 def test_natural_sort():
     names = ["frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "Frame_3.jpg"]
     assert sorted(names, key=natural_key) == ["frame_1.jpg", "frame_2.jpg", "Frame_3.jpg", "frame_10.jpg"]
+
+
+def test_natural_sort_text_orders_as_natural_key_byte_by_byte():
+    # Spark sorts strings by their UTF-8 bytes: the one-string form must give natural_key's order
+    names = ["frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "Frame_3.jpg", "f-1.jpg", "f.jpg", "f_01.jpg", "f_1.jpg", "a10b2", "a10b10", "a9", "a", "a-", "Ä1", "z", "٣.jpg", "12345678901234567890123.jpg", "9.jpg"]
+    by_bytes = sorted(names, key=lambda n: (natural_sort_text(n).encode(), n))
+    assert [natural_key(n) for n in by_bytes] == sorted(natural_key(n) for n in names)
+    date = Layout("{camera_id}/{date}/{ts}.jpg", ts_format="%H%M%S").parse("c1/2026-11-21/101500.jpg")
+    assert (date.date.isoformat(), date.ts.isoformat()) == ("2026-11-21", "2026-11-21T10:15:00+00:00")
+    with pytest.raises(LayoutMismatch, match="date_format"):
+        Layout("{camera_id}/{date}/**").parse("c1/21.11.2026/x.jpg")
 
 
 def test_natural_sort_with_unicode_digits_does_not_crash():

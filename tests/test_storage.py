@@ -8,7 +8,8 @@ from tests.conftest import free_port
 from vidspark.cli import main
 from vidspark.config import StorageConf
 from vidspark.errors import StorageError
-from vidspark.storage import check_readable, list_objects, make_s3_client, parse_uri, read_object
+from vidspark.listing import list_prefix
+from vidspark.storage import check_readable, make_s3_client, parse_uri, read_object
 
 
 def test_parse_uri(tmp_path):
@@ -24,14 +25,14 @@ def test_listing_paginates_over_1000_keys(s3_client, bucket):
         s3_client.put_object(Bucket=bucket, Key=f"arch/c/{i:05d}.jpg", Body=b"x")
     s3_client.put_object(Bucket=bucket, Key="arch/c/", Body=b"")  # folder marker: skipped
     s3_client.put_object(Bucket=bucket, Key="archive2/not-me.jpg", Body=b"x")  # sibling prefix: not listed
-    objs = list(list_objects(parse_uri(f"s3://{bucket}/arch"), s3_client))
+    objs = list(list_prefix(parse_uri(f"s3://{bucket}/arch"), "", s3_client))
     assert len(objs) == 1105
     assert objs[0].rel_key == "c/00000.jpg" and objs[0].etag and objs[0].size == 1
 
 
 def test_conditional_read_detects_replaced_object(s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="k.jpg", Body=b"one")
-    (obj,) = list(list_objects(parse_uri(f"s3://{bucket}"), s3_client))
+    (obj,) = list(list_prefix(parse_uri(f"s3://{bucket}"), "", s3_client))
     assert read_object(obj.uri, client=s3_client, etag=obj.etag) == b"one"
     s3_client.put_object(Bucket=bucket, Key="k.jpg", Body=b"two")
     with pytest.raises(Exception, match="PreconditionFailed|412"):

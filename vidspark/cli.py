@@ -37,10 +37,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _incremental(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="featurize every selected object again, even those unchanged since the last run")
-    p.add_argument("--prune", action="store_true", help="remove rows of objects no longer listed under --input (default: keep them)")
-    p.add_argument("--since", help="only objects whose {ts} (else last-modified) is at or after this UTC date/time, e.g. 2026-11-20 or 2026-11-20T06:00")
+    p.add_argument("--prune", action="store_true", help="remove rows of objects no longer listed under the prefixes this run lists (default: keep them)")
+    p.add_argument("--since", help="only objects whose {ts} (else {date}, else last-modified) is at or after this UTC date/time, e.g. 2026-11-20 or 2026-11-20T06:00")
     p.add_argument("--until", help="only objects before this UTC date/time (exclusive)")
     p.add_argument("--cameras", help="only these cameras, comma-separated")
+    p.add_argument("--inventory", metavar="MANIFEST", help="list the input from this S3 Inventory report (s3://.../manifest.json) instead of listing the bucket")
 
 
 def parse_when(flag: str, text: str | None) -> datetime | None:
@@ -141,7 +142,9 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
     selection = _selection(args) if v in ("featurize", "run") else None
     if v == "featurize":
         return (
-            lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors, full=args.full, prune=args.prune, selection=selection)
+            lambda s: featurize.featurize(
+                s, input_uri=args.input, output=args.output, conf=conf, run_id=run_id, errors_output=args.errors, full=args.full, prune=args.prune, selection=selection, inventory=args.inventory
+            )
         ), outputs.sibling(args.output, "runs")
     if v == "train":
         return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf)), outputs.sibling(args.model, "runs")
@@ -149,7 +152,9 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
         return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf, run_id=run_id)), outputs.join(args.output, "runs")
     if v == "run":
         return (
-            lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id, full=args.full, prune=args.prune, selection=selection)
+            lambda s: pipeline.run(
+                s, input_uri=args.input, model_dir=args.model, output=args.output, conf=conf, run_id=run_id, full=args.full, prune=args.prune, selection=selection, inventory=args.inventory
+            )
         ), outputs.join(args.output, "runs")
     if v == "timeline":
         from vidspark import timeline

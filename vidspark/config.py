@@ -32,6 +32,9 @@ class InputConf:
 
     layout: str = "{label}/**"
     ts_format: str = "%Y%m%dT%H%M%S"
+    date_format: str = "%Y-%m-%d"
+    list_parallelism: int = 16  # listing tasks at once (each lists some of the planned prefixes)
+    max_list_children: int = 10_000  # a delimiter listing with more children than this is not expanded further
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 # (minimum, maximum) inclusive; None is unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
+    "input.list_parallelism": (1, 4096),
+    "input.max_list_children": (1, None),
     "storage.max_attempts": (1, 50),
     "storage.connect_timeout": (0.1, None),
     "storage.read_timeout": (0.1, None),
@@ -279,7 +284,7 @@ def from_dict(raw: Mapping[str, Any] | None) -> Conf:
 def _validate_cross(conf: Conf) -> None:
     from vidspark.layout import Layout
 
-    Layout(conf.input.layout)  # raises LayoutError (a ConfigError) naming the problem
+    Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)  # raises LayoutError (a ConfigError) naming the problem
     if conf.video.fps is not None and conf.video.every_n_frames != 1:
         raise ConfigError(
             f"conf keys 'video.fps' ({conf.video.fps}) and 'video.every_n_frames' ({conf.video.every_n_frames}) are both set; allowed: one of them (leave every_n_frames at 1 to sample by fps)"

@@ -3,110 +3,128 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import date
 
-import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from vidspark.outputs import read_table, table_exists, write_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA
 
 
-def errors_frame(spark: SparkSession, rows: list[dict[str, Any]], run_id: str) -> DataFrame:
-    """Driver-side error rows (layout mismatches) as an ``ERRORS_SCHEMA`` DataFrame."""
-    data = [(r["uri"], r["stage"], r["error_type"], r["message"], run_id) for r in rows]
-    return spark.createDataFrame(data, schema=ERRORS_SCHEMA)
+def stored_objects(spark: SparkSession, features: str, featurizer: str, *, cameras: frozenset[str] | None = None, from_date: date | None = None) -> DataFrame | None:
+    """One row per object the feature store holds, aggregated on the executors (None if there is no store).
 
-
-def existing_objects(spark: SparkSession, features: str, *, cameras: frozenset[str] | None = None) -> pd.DataFrame:
-    """One row per object and partition already in the feature store (empty if none).
-
-    ``uri, etag, featurizer, camera_id, date`` and what the object's rows say of its identity:
-    ``video_id``, ``label``, ``object_ts`` and its first ``frame_idx``/``frame_ts`` (UTC).
+    ``uri``; ``etag_lo``/``etag_hi`` (the ETags its rows carry); ``current`` (some row was made by
+    ``featurizer``); what its rows say of its identity: ``camera_id``, ``label``, ``video_id``,
+    ``object_ts`` and its first ``frame_idx``/``frame_ts``; and ``parts``, the partitions it has rows in.
+    Only partitions of ``cameras`` and from ``from_date`` on are read (the Parquet reader prunes the rest).
     """
-    keys = ["uri", "etag", "featurizer", "camera_id", "date"]
-    facts = ["video_id", "label", "object_ts", "frame_idx", "frame_ts"]
     if not table_exists(spark, features):
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in keys + facts})
+        return None
     df = read_table(spark, features, FEATURES_SCHEMA)
     if cameras is not None:
         df = df.where(F.col("camera_id").isin(sorted(cameras)))
-    # Timestamps as microseconds since the epoch: instants, whatever the session time zone (no DST ambiguity).
-    agg = [F.first("video_id").alias("video_id"), F.first("label").alias("label"), F.min("frame_idx").alias("frame_idx")]
-    agg += [F.unix_micros(F.min(c)).alias(c) for c in ("object_ts", "frame_ts")]
-    out: pd.DataFrame = df.groupBy(*keys).agg(*agg).toPandas()
-    out["date"] = [d.isoformat() for d in out["date"]]
-    for col in ("object_ts", "frame_ts"):
-        out[col] = pd.to_datetime(out[col], unit="us", utc=True)
-    return out
+    if from_date is not None:
+        df = df.where(F.col("date") >= F.lit(from_date))
+    return df.groupBy("uri").agg(
+        F.min("etag").alias("etag_lo"),
+        F.max("etag").alias("etag_hi"),
+        F.max((F.col("featurizer") == featurizer).cast("int")).alias("current"),
+        F.min("camera_id").alias("s_camera_id"),
+        F.min("label").alias("s_label"),
+        F.min("video_id").alias("s_video_id"),
+        F.min("object_ts").alias("s_object_ts"),
+        F.min("frame_idx").alias("s_frame_idx"),
+        F.min("frame_ts").alias("s_frame_ts"),
+        F.collect_set(F.struct("camera_id", "date")).alias("parts"),
+    )
 
 
-def unchanged_objects(rows: pd.DataFrame, existing: pd.DataFrame, featurizer: str) -> pd.Series:
-    """Which work rows the store already holds as they are: same ETag and featurizer, and the same identity.
+def unchanged(row_etag: Column | None = None) -> Column:
+    """Condition on a work row joined with its stored object: the store holds it as it is.
 
-    Identity is what the listing decides: camera, label and object time for every object, and for a
-    still also its video, index and time (a frame inserted before it, or a folder whose earliest
-    frame changed, moves it). An object whose identity changed is featurized again like a changed one.
+    Same ETag and featurizer, and the same identity: camera, label and object time for every object,
+    and for a still also its video, index and time (a frame inserted before it, or a folder whose
+    earliest frame changed, moves it). An object whose identity changed is featurized again like a changed one.
     """
-    current = existing[existing["featurizer"] == featurizer]
-    if not len(current) or not len(rows):
-        return pd.Series(False, index=rows.index, dtype=bool)
-    first = {c: (c, "first") for c in ("etag", "camera_id", "video_id", "label")}
-    least = {c: (c, "min") for c in ("object_ts", "frame_idx", "frame_ts")}
-    stored = current.groupby("uri", sort=False).agg(**first, **least)
-    have = stored.to_dict("index")
-
-    def same(row: dict[str, Any]) -> bool:
-        s = have.get(row["uri"])
-        if s is None or s["etag"] != row["etag"] or s["camera_id"] != row["camera_id"] or _na(s["label"]) != _na(row["label"]):
-            return False
-        if pd.isna(s["object_ts"]) or s["object_ts"] != row["frame_ts"]:
-            return False
-        if row["kind"] == "image":
-            return bool(_na(s["video_id"]) == _na(row["video_id"]) and s["frame_idx"] == row["frame_idx"] and s["frame_ts"] == row["frame_ts"])
-        return row["kind"] != "video" or _na(s["video_id"]) == _na(row["video_id"])
-
-    return pd.Series([same(r) for r in rows[["uri", "etag", "camera_id", "video_id", "label", "frame_idx", "frame_ts", "kind"]].to_dict("records")], index=rows.index, dtype=bool)
+    etag = row_etag if row_etag is not None else F.col("etag")
+    same = (
+        (F.col("current") == 1)
+        & (F.col("etag_lo") == etag)
+        & (F.col("etag_hi") == etag)
+        & (F.col("s_camera_id") == F.col("camera_id"))
+        & F.col("s_label").eqNullSafe(F.col("label"))
+        & F.col("s_object_ts").isNotNull()
+        & (F.col("s_object_ts") == F.col("frame_ts"))
+    )
+    same_video = F.col("s_video_id").eqNullSafe(F.col("video_id"))
+    still = same_video & (F.col("s_frame_idx") == F.col("frame_idx")) & (F.col("s_frame_ts") == F.col("frame_ts"))
+    return F.coalesce(same & F.when(F.col("kind") == "image", still).when(F.col("kind") == "video", same_video).otherwise(F.lit(True)), F.lit(False))
 
 
 @dataclass
 class StoreDiff:
-    """What a run does to the store: objects to featurize, and which stored objects lose their rows.
+    """What a run does to the store, as DataFrames on the executors.
 
-    Old rows go only when an object changed (a new, known ETag), was featurized again successfully
-    (``known``), or was pruned: a failed attempt (a transient fetch error, ``--full``) must not cost good rows.
+    ``todo``: the work rows to featurize (persisted). ``stored``: the stored objects read (persisted,
+    None without a store). ``changed``/``pruned``: uris whose rows go whatever happens (a new, known
+    ETag; gone from the listing with ``--prune``). Old rows of other objects go only when the object was
+    featurized again successfully: a failed attempt (a transient fetch error, ``--full``) must not cost good rows.
     """
 
-    todo: pd.DataFrame
-    skipped: int
-    known: set[str]
-    changed: set[str]
-    pruned: set[str]
+    todo: DataFrame
+    stored: DataFrame | None
+    changed: DataFrame
+    pruned: DataFrame
+    counts: dict[str, int]
+
+    def drop(self, ok_uris: DataFrame) -> tuple[DataFrame, DataFrame]:
+        """The uris whose stored rows go (replaced, changed or pruned), and those replaced or changed."""
+        if self.stored is None:
+            return self.changed, self.changed
+        replaced = ok_uris.join(self.stored.select("uri"), "uri", "left_semi").unionByName(self.changed).distinct()
+        return replaced.unionByName(self.pruned).distinct(), replaced
+
+    def partitions_of(self, uris: DataFrame) -> list[tuple[str, str]]:
+        """The ``(camera_id, date)`` partitions that hold stored rows of ``uris``."""
+        if self.stored is None:
+            return []
+        parts = self.stored.join(uris, "uri", "left_semi").select(F.explode("parts").alias("p")).select("p.camera_id", "p.date").distinct().collect()
+        return [(r["camera_id"], r["date"].isoformat()) for r in parts]
+
+    def unpersist(self) -> None:
+        self.todo.unpersist()
+        if self.stored is not None:
+            self.stored.unpersist()
 
 
-def diff_with_store(rows: pd.DataFrame, existing: pd.DataFrame, featurizer: str, *, full: bool, prune_prefix: str | None, listed_uris: set[str]) -> StoreDiff:
-    """Compare the selected work rows with the store: unchanged ones are skipped (unless ``full``).
+def diff_with_store(rows: DataFrame, listed_uris: DataFrame, stored: DataFrame | None, *, full: bool, prune_scope: Column | None) -> StoreDiff:
+    """Compare the selected work rows with the stored objects by joins on the executors; unchanged ones are skipped (unless ``full``).
 
-    ``prune_prefix``: with ``--prune``, stored objects under it that the listing no longer has are pruned.
+    ``listed_uris``: every listed object (selected or not). ``prune_scope``: with ``--prune``, a
+    condition on ``uri`` saying which stored objects the listing covers; those it no longer has are pruned.
     """
-    skipped = 0
-    if not full and len(existing) and len(rows):
-        unchanged = unchanged_objects(rows, existing, featurizer)
-        skipped = int(rows.loc[unchanged, "uri"].nunique())
-        rows = rows[~unchanged].reset_index(drop=True)
-    stored = set(zip(existing["uri"], existing["etag"], strict=True))
-    known = set(existing["uri"])
-    changed = {u for u, e in zip(rows["uri"], rows["etag"], strict=True) if u in known and e and (u, e) not in stored}
-    pruned = {u for u in known if u.startswith(prune_prefix) and u not in listed_uris} if prune_prefix is not None else set()
-    return StoreDiff(rows, skipped, known, changed, pruned)
+    spark = rows.sparkSession
+    empty = spark.createDataFrame([], "uri string")
+    if stored is None:
+        todo = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        return StoreDiff(todo, None, empty, empty, {"skipped": 0, "todo": todo.count(), "changed": 0, "pruned": 0})
+    stored = stored.persist(StorageLevel.MEMORY_AND_DISK)
+    joined = rows.join(stored, "uri", "left").withColumn("_unchanged", F.lit(False) if full else unchanged())
+    todo = joined.where(~F.col("_unchanged")).select(*rows.columns).persist(StorageLevel.MEMORY_AND_DISK)
+    changed_cond = F.col("etag_lo").isNotNull() & (F.coalesce(F.col("etag"), F.lit("")) != "") & (F.col("etag") != F.col("etag_lo")) & (F.col("etag") != F.col("etag_hi"))
+    changed = joined.where(~F.col("_unchanged") & changed_cond).select("uri").distinct()
+    pruned = stored.where(prune_scope).select("uri").join(listed_uris, "uri", "left_anti") if prune_scope is not None else empty
+    skip = F.col("_unchanged")
+    agg = joined.agg(F.sum(skip.cast("long")).alias("skipped"), F.sum((~skip).cast("long")).alias("todo"), F.sum((~skip & changed_cond).cast("long")).alias("changed")).collect()[0]
+    counts = {k: int(agg[k] or 0) for k in ("skipped", "todo", "changed")}
+    counts["pruned"] = pruned.count() if prune_scope is not None else 0
+    return StoreDiff(todo, stored, changed, pruned, counts)
 
 
-def _na(value: Any) -> Any:
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
-
-
-def merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | None, affected: list[tuple[str, str]], drop_uris: set[str]) -> DataFrame:
+def merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | None, affected: list[tuple[str, str]], drop_uris: DataFrame | None) -> DataFrame:
     """New rows plus the rows already in the affected partitions that stay (not replaced, not pruned)."""
     # A filter on a hash set of partition keys, not a join: no broadcast job, and the Parquet reader prunes partitions.
     in_affected = F.concat_ws("\u0000", F.col("camera_id"), F.col("date").cast("string")).isin([f"{c}\u0000{d}" for c, d in affected])
@@ -116,9 +134,8 @@ def merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | Non
         assert new_df is not None
         return new_df
     keep_df = read_table(spark, output, FEATURES_SCHEMA).where(in_affected)
-    if drop_uris:
-        drop_df = spark.createDataFrame([(u,) for u in sorted(drop_uris)], schema="uri string")
-        keep_df = keep_df.join(F.broadcast(drop_df), "uri", "left_anti")
+    if drop_uris is not None:
+        keep_df = keep_df.join(drop_uris, "uri", "left_anti")
     keep_df = keep_df.select(*FEATURES_SCHEMA.fieldNames())
     return keep_df if new_df is None else new_df.unionByName(keep_df)
 

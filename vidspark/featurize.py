@@ -1,9 +1,10 @@
-"""Featurize: inventory (driver) -> frames and features (executors) -> features/ and errors/.
+"""Featurize: listing and inventory -> diff with the store -> frames and features -> features/ and errors/, all on the executors.
 
-This module only wires the stages: :mod:`vidspark.inventory` lists and parses the input,
-:mod:`vidspark.feature_store` says what is already featurized, :mod:`vidspark.frames` is the
-executor task, :mod:`vidspark.warmup` overlaps the model build with the listing, and the merged
-partitions are swapped in by :mod:`vidspark.outputs`.
+This module only wires the stages: :mod:`vidspark.listing` plans and lists the input (narrowed by
+the layout and the selection), :mod:`vidspark.inventory` parses it, :mod:`vidspark.feature_store`
+says what is already featurized, :mod:`vidspark.frames` is the executor task, :mod:`vidspark.warmup`
+builds the model while videos are probed, and the merged partitions are swapped in by
+:mod:`vidspark.outputs`. The driver holds counts and partition lists, never a row per object.
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
-from vidspark.feature_store import StoreDiff, diff_with_store, errors_frame, existing_objects, merged_features, write_errors
-from vidspark.frames import TaskStats, nullable_ints_for_arrow, with_features, with_segments
-from vidspark.inventory import Selection, list_inventory
+from vidspark.errors import ConfigError
+from vidspark.feature_store import StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
+from vidspark.frames import TaskStats, with_features, with_segments
+from vidspark.inventory import Selection, build_inventory
+from vidspark.layout import Layout
+from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
 from vidspark.outputs import partition_path, recover_table, replace_partitions, sibling
+from vidspark.s3_inventory import inventory_listing, read_manifest
 from vidspark.schemas import FEATURES_SCHEMA, WORK_SCHEMA
-from vidspark.storage import check_readable, make_s3_client, parse_uri
+from vidspark.storage import Location, check_readable, make_s3_client, parse_uri
 from vidspark.warmup import WarmUp, task_slots
 
 logger = logging.getLogger(__name__)
@@ -64,19 +69,24 @@ def featurize(
     full: bool = False,
     prune: bool = False,
     selection: Selection | None = None,
+    inventory: str | None = None,
     on_partitions: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> dict[str, Any]:
     """Featurize the objects under ``input_uri`` into the feature store ``output`` and errors/.
 
     Incremental: an object already in ``output`` with the same ETag, featurizer id and identity is skipped
     (unless ``full``); an object featurized again has its old rows replaced; with ``prune``, rows of
-    objects no longer listed (within ``selection``'s cameras) are removed. Each affected
+    objects no longer listed (within what this run lists) are removed. Each affected
     ``(camera_id, date)`` partition is rewritten whole, crash-safely (staged, then swapped).
+    The listing, the diff with the store and the counts all run on the executors.
 
     Parameters
     ----------
     selection
-        Only objects whose ``{ts}`` (else last-modified) and camera fall in it are considered.
+        Only objects whose ``{ts}`` (else ``{date}``, else last-modified) and camera fall in it are
+        considered; the listing is narrowed to the prefixes that can hold them where the layout allows.
+    inventory
+        The ``manifest.json`` of an S3 Inventory report of the input's bucket, listed in place of a live listing.
     on_partitions
         Called with the affected partitions before the feature store changes (``run`` records them,
         so that a run killed after the swap still recomputes their predictions).
@@ -85,7 +95,7 @@ def featurize(
     -------
     dict
         Summary: counts (listed, selected, skipped as unchanged, featurized objects and frames,
-        pruned, errors by stage), error fraction, partitions, paths, timings.
+        pruned, errors by stage), error fraction, partitions with their counts, the listing, paths, timings.
 
     Raises
     ------
@@ -97,98 +107,145 @@ def featurize(
     location = parse_uri(input_uri)
     client = (s3_client or make_s3_client(conf.storage)) if location.scheme == "s3" else None
     check_readable(location, client)  # fails fast, before any Spark work
+    if inventory and prune:
+        raise ConfigError("--prune needs a live listing: an inventory report is up to a day old, and objects uploaded since it would lose their rows")
     stats = spark.sparkContext.accumulator({}, TaskStats())
-    # The model builds in the executors' Python workers (seconds) while the driver lists (minutes on a big archive).
-    warm_up: Any = WarmUp(spark, conf.featurizer, conf.storage, run_id, stats) if conf.featurizer.warm_up else contextlib.nullcontext()
-    with warm_up as warm:
-        inventory = list_inventory(location, client, conf, selection=selection)
+    layout = Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)
+    sel = selection or Selection()
+    plan = plan_listing(layout, since=sel.since, until=sel.until, cameras=sel.cameras, gap_seconds=conf.events.gap_seconds)
+    listing_df, listing = _listing(spark, location, client, plan, conf, inventory=inventory, s3_client=s3_client)
+    inv = build_inventory(listing_df, layout, gap_seconds=conf.events.gap_seconds, selection=selection)
+    with contextlib.ExitStack() as stack:
+        stack.callback(inv.unpersist)
+        counts = inv.counts()
         recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
         feat_id = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
         timings = {"list_s": time.perf_counter() - t0}
-        rows = inventory.rows
-        n_videos = int((rows["kind"] == "video").sum())
-        logger.info("listed %d objects under %s (%d selected, %d videos, %d do not fit the layout); featurizer %s", inventory.listed, input_uri, len(rows), n_videos, len(inventory.errors), feat_id)
+        c = counts
+        logger.info("listed %d objects under %s (%d selected, %d videos, %d do not fit the layout); featurizer %s", c["listed"], input_uri, c["selected"], c["videos"], c["layout_errors"], feat_id)
 
         t_inc = time.perf_counter()
-        existing = existing_objects(spark, output, cameras=selection.cameras if selection else None)
-        prune_prefix = location.uri.rstrip("/") + "/" if prune else None
-        diff = diff_with_store(rows, existing, feat_id, full=full, prune_prefix=prune_prefix, listed_uris=inventory.listed_uris)
+        from_date = plan.time_window[0] - timedelta(days=1) if plan.time_window and not inventory else None
+        stored = stored_objects(spark, output, feat_id, cameras=sel.cameras, from_date=from_date)
+        scope = _prune_scope(location, plan) if prune else None
+        diff = diff_with_store(inv.rows, inv.parsed.select("uri"), stored, full=full, prune_scope=scope)
+        stack.callback(diff.unpersist)
         timings["incremental_s"] = time.perf_counter() - t_inc
-        logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", diff.skipped, diff.todo["uri"].nunique(), len(diff.changed), len(diff.pruned))
+        d = diff.counts
+        logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", d["skipped"], d["todo"], d["changed"], d["pruned"])
+        if diff.counts["todo"] and conf.featurizer.warm_up:  # the model builds in every worker while the videos are probed
+            stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats))
 
-        work, plan_errors = _split_long_videos(spark, diff.todo, conf, timings)
-        driver_errors = inventory.errors + plan_errors
-        if not len(work) and warm is not None:
-            warm.cancel()
+        work, plan_errors, n_work = _split_long_videos(spark, diff.todo, conf, timings, stack)
         errors_output = errors_output or sibling(output, "errors")
-        outcome = _featurize_and_write(spark, work, conf, feat_id=feat_id, output=output, errors_output=errors_output, run_id=run_id, driver_errors=driver_errors, existing=existing, diff=diff,
-                                       on_partitions=on_partitions, stats=stats, timings=timings)  # fmt: skip
+        driver_errors = inv.errors.unionByName(plan_errors) if plan_errors is not None else inv.errors
+        n_driver_errors = counts["layout_errors"] + (plan_errors.count() if plan_errors is not None else 0)
+        outcome = _featurize_and_write(spark, work, n_work, conf, feat_id=feat_id, output=output, errors_output=errors_output, run_id=run_id, driver_errors=driver_errors,
+                                       n_driver_errors=n_driver_errors, diff=diff, on_partitions=on_partitions, stats=stats, timings=timings)  # fmt: skip
     n_errors = sum(outcome.errors_by_stage.values())
     summary = {
         "input": input_uri,
         "features": output,
         "errors": errors_output,
         "featurizer": feat_id,
-        "listed": inventory.listed,
-        "selected": inventory.listed - inventory.unselected,
-        "skipped_unchanged": diff.skipped,
-        "videos": n_videos,
-        "work_units": len(work),
-        "featurized_objects": len(outcome.ok_uris),
+        "listing": listing,
+        "listed": counts["listed"],
+        "selected": counts["selected"] + counts["layout_errors"],
+        "skipped_unchanged": diff.counts["skipped"],
+        "videos": counts["videos"],
+        "work_units": n_work,
+        "featurized_objects": outcome.ok_objects,
         "featurized": outcome.frames,
-        "replaced_objects": len((outcome.ok_uris & diff.known) | diff.changed),
-        "pruned_objects": len(diff.pruned),
+        "replaced_objects": outcome.replaced,
+        "pruned_objects": diff.counts["pruned"],
         "errors_by_stage": dict(sorted(outcome.errors_by_stage.items())),
         "error_count": n_errors,
-        "error_fraction": (n_errors / inventory.listed) if inventory.listed else 0.0,
-        "partitions": [{"camera_id": c, "date": d} for c, d in outcome.partitions],
+        "error_fraction": (n_errors / counts["listed"]) if counts["listed"] else 0.0,
+        "partitions": [{"camera_id": c, "date": d, **outcome.partition_counts.get((c, d), {"frames": 0, "objects": 0})} for c, d in outcome.partitions],
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items())},
         "task_slots": task_slots(spark),
     }
-    logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", outcome.frames, len(outcome.ok_uris), diff.skipped)
+    logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", outcome.frames, outcome.ok_objects, diff.counts["skipped"])
     logger.info("featurize errors: %d objects %s", n_errors, summary["errors_by_stage"])
     return summary
 
 
-def _split_long_videos(spark: SparkSession, rows: pd.DataFrame, conf: Conf, timings: dict[str, float]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Work rows with every video over ``video.split_min_bytes`` replaced by its segments, and the probe's error rows."""
-    big = (rows["kind"] == "video") & (rows["size"].fillna(0).astype("int64") > conf.video.split_min_bytes)
-    if not big.any():
-        return rows, []
+def _listing(spark: SparkSession, location: Location, client: Any, plan: ListingPlan, conf: Conf, *, inventory: str | None, s3_client: Any | None) -> tuple[DataFrame, dict[str, Any]]:
+    """The listing DataFrame (live, narrowed by the plan; or an S3 Inventory report filtered by it) and what it did."""
+    t0 = time.perf_counter()
+    if inventory:
+        inv_client = s3_client or (client if client is not None else (make_s3_client(conf.storage) if inventory.startswith("s3://") else None))
+        manifest = read_manifest(inventory, inv_client)
+        if location.scheme != "s3":
+            raise ConfigError(f"--inventory lists an S3 bucket; the input {location.uri} is not one")
+        df = inventory_listing(spark, manifest, conf.storage, bucket=location.bucket, prefix=location.prefix, parallelism=conf.input.list_parallelism)
+        if not plan.whole:
+            df = df.where(F.col("key").rlike(plan.regex()))
+        m = manifest
+        logger.info("listing %s from the S3 Inventory report %s (%s, %d files, made %s): keys matching %s", location.uri, inventory, m.file_format, len(m.files), m.created, plan.describe())
+        return df, {"source": "inventory", "manifest": inventory, "patterns": [pattern_text(p) for p in plan.patterns], "notes": list(plan.notes)}
+    resolved = resolve(plan, make_children(location, client, limit=conf.input.max_list_children))
+    for note in plan.notes:
+        logger.info("listing: %s", note)
+    where = "the whole input" if resolved.prefixes == [""] else f"{len(resolved.prefixes)} prefixes ({plan.describe()})"
+    at_once = min(len(resolved.prefixes), conf.input.list_parallelism)
+    logger.info("listing %s: %s, %d at a time, after %d delimiter listings (%.2f s)", location.uri, where, at_once, resolved.requests, time.perf_counter() - t0)
+    df = listing_frame(spark, location, resolved, conf.storage, parallelism=conf.input.list_parallelism)
+    info = {"source": "live", "prefixes": len(resolved.prefixes), "delimiter_listings": resolved.requests, "patterns": [pattern_text(p) for p in plan.patterns], "notes": list(plan.notes)}
+    return df, info
+
+
+def _prune_scope(location: Location, plan: ListingPlan) -> Column:
+    """Which stored uris this run's listing covers: under the input, with a key the plan lists."""
+    base = location.uri.rstrip("/") + "/" if location.uri else "/"
+    rel = F.substring(F.col("uri"), len(base) + 1, 1 << 30)
+    return F.col("uri").startswith(base) & (F.lit(True) if plan.whole else rel.rlike(plan.regex()))
+
+
+def _split_long_videos(spark: SparkSession, todo: DataFrame, conf: Conf, timings: dict[str, float], stack: contextlib.ExitStack) -> tuple[DataFrame, DataFrame | None, int]:
+    """Work rows with every video over ``video.split_min_bytes`` replaced by its segments, the probe's error rows, and the work count."""
+    big = (F.col("kind") == "video") & (F.coalesce(F.col("size"), F.lit(0)) > conf.video.split_min_bytes)
+    row = todo.agg(F.count(F.lit(1)).alias("n"), F.sum(big.cast("long")).alias("big")).collect()[0]
+    n_todo, n_big = int(row["n"] or 0), int(row["big"] or 0)
+    if not n_big:
+        return todo, None, n_todo
     t_plan = time.perf_counter()
-    n_big = int(big.sum())
-    big_df = spark.createDataFrame(nullable_ints_for_arrow(rows[big]), schema=WORK_SCHEMA).repartition(min(n_big, spark.sparkContext.defaultParallelism))
-    planned: pd.DataFrame = with_segments(big_df, vconf=conf.video, sconf=conf.storage).toPandas()
-    planned["frame_ts"] = pd.to_datetime(planned["frame_ts"]).dt.tz_localize(spark.conf.get("spark.sql.session.timeZone") or "UTC").dt.tz_convert("UTC")
-    failed = planned["stage"].notna()
-    segments = planned.loc[~failed, _WORK_COLUMNS]
+    big_df = todo.where(big).repartition(min(n_big, spark.sparkContext.defaultParallelism))
+    planned = with_segments(big_df, vconf=conf.video, sconf=conf.storage).persist(StorageLevel.MEMORY_AND_DISK)
+    stack.callback(planned.unpersist)
+    segments = planned.where(F.col("stage").isNull()).select(*_WORK_COLUMNS)
+    n_segments = segments.count()
     timings["split_s"] = time.perf_counter() - t_plan
-    logger.info("split %d large videos into %d segments", n_big, len(segments))
-    return pd.concat([rows[~big], segments], ignore_index=True), planned.loc[failed, ["uri", "stage", "error_type", "message"]].to_dict("records")
+    logger.info("split %d large videos into %d segments", n_big, n_segments)
+    errors = planned.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message")
+    return todo.where(~big).unionByName(segments), errors, n_todo - n_big + n_segments
 
 
 @dataclass
 class _Outcome:
     """What the featurize stage produced: objects and frames featurized, partitions rewritten, errors by stage."""
 
-    ok_uris: set[str] = field(default_factory=set)
+    ok_objects: int = 0
     frames: int = 0
+    replaced: int = 0
     partitions: list[tuple[str, str]] = field(default_factory=list)
+    partition_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     errors_by_stage: dict[str, int] = field(default_factory=dict)
 
 
 def _featurize_and_write(
     spark: SparkSession,
-    work: pd.DataFrame,
+    work: DataFrame,
+    n_work: int,
     conf: Conf,
     *,
     feat_id: str,
     output: str,
     errors_output: str,
     run_id: str,
-    driver_errors: list[dict[str, Any]],
-    existing: pd.DataFrame,
+    driver_errors: DataFrame,
+    n_driver_errors: int,
     diff: StoreDiff,
     on_partitions: Callable[[list[tuple[str, str]]], None] | None,
     stats: Any,
@@ -196,31 +253,33 @@ def _featurize_and_write(
 ) -> _Outcome:
     """Run the featurize stage over ``work``, swap the affected partitions of the store in, write errors/."""
     t1 = time.perf_counter()
-    errors_df = errors_frame(spark, driver_errors, run_id)
-    outcome, new_parts, task_errors = _Outcome(), set(), 0
+    errors_df = driver_errors.withColumn("run_id", F.lit(run_id))
+    outcome, task_errors = _Outcome(), 0
     result_df = None
-    if len(work):
-        work_df = spark.createDataFrame(nullable_ints_for_arrow(work), schema=WORK_SCHEMA)
-        n_still = int((work["kind"] != "video").sum())
-        num_tasks = min(len(work), max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + len(work) - n_still))
+    ok_uris = spark.createDataFrame([], "uri string")
+    if n_work:
+        n_still = work.where(F.col("kind") != "video").count()
+        num_tasks = min(n_work, max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + n_work - n_still))
         session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-        result_df = with_features(work_df, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats)
+        result_df = with_features(work, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if result_df is not None:
-            # One action computes the cached result and gives partitions, frame counts, objects and whether any failed.
-            grouped = result_df.groupBy("camera_id", "date", "uri", F.col("stage").isNotNull().alias("failed")).count().collect()
-            per_object = [r for r in grouped if not r["failed"]]
-            task_errors = len(grouped) - len(per_object)
-            new_parts = {(r["camera_id"], r["date"].isoformat()) for r in per_object}
-            outcome.frames = sum(int(r["count"]) for r in per_object)
-            outcome.ok_uris = {r["uri"] for r in per_object}
+            # Counts per partition and per outcome, aggregated on the executors: nothing per object comes to the driver.
+            ok = F.col("stage").isNull()
+            parts = result_df.where(ok).groupBy("camera_id", "date").agg(F.count(F.lit(1)).alias("frames"), F.countDistinct("uri").alias("objects")).collect()
+            outcome.partition_counts = {(r["camera_id"], r["date"].isoformat()): {"frames": int(r["frames"]), "objects": int(r["objects"])} for r in parts}
+            totals = result_df.agg(F.countDistinct(F.when(ok, F.col("uri"))).alias("ok"), F.countDistinct(F.when(~ok, F.col("uri"))).alias("failed")).collect()[0]
+            outcome.ok_objects, task_errors = int(totals["ok"] or 0), int(totals["failed"] or 0)
+            outcome.frames = sum(c["frames"] for c in outcome.partition_counts.values())
+            ok_uris = result_df.where(ok).select("uri").distinct()
             timings["featurize_s"] = time.perf_counter() - t1
             if task_errors:
-                errors_df = errors_df.unionByName(result_df.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
-        drop_uris = (outcome.ok_uris & diff.known) | diff.changed | diff.pruned
-        dropped = existing["uri"].isin(drop_uris)
-        outcome.partitions = sorted(new_parts | set(zip(existing.loc[dropped, "camera_id"], existing.loc[dropped, "date"], strict=True)))
+                errors_df = errors_df.unionByName(result_df.where(~ok).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
+        drop_uris, replaced = diff.drop(ok_uris)
+        drop_uris = drop_uris.persist(StorageLevel.MEMORY_AND_DISK)  # decided before the store changes
+        outcome.replaced = replaced.count()
+        outcome.partitions = sorted(set(outcome.partition_counts) | set(diff.partitions_of(drop_uris)))
         t2 = time.perf_counter()
         if outcome.partitions:
             if on_partitions is not None:
@@ -228,7 +287,8 @@ def _featurize_and_write(
             new_df = result_df.where(F.col("stage").isNull()).select(*FEATURES_SCHEMA.fieldNames()) if result_df is not None else None
             merged_df = merged_features(spark, output, new_df=new_df, affected=outcome.partitions, drop_uris=drop_uris)
             replace_partitions(spark, merged_df, output, run_id=run_id, scope=[partition_path(c, d) for c, d in outcome.partitions])
-        outcome.errors_by_stage = write_errors(errors_df, errors_output, empty=not driver_errors and not task_errors)
+        drop_uris.unpersist()
+        outcome.errors_by_stage = write_errors(errors_df, errors_output, empty=not n_driver_errors and not task_errors)
         timings["write_s"] = time.perf_counter() - t2
     finally:
         if result_df is not None:

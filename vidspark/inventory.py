@@ -1,46 +1,59 @@
-"""Inventory: the listing of an input parsed with the layout into work rows, selection and events (driver side).
+"""Inventory: a listing parsed with the layout into work rows, selection and events, on the executors.
 
 Everything that identifies a frame (camera, video, index, time) is decided here, over every listed
 object and before ``--since/--until/--cameras`` narrow them, never from upload order, so that a
-night's incremental run and a from-scratch run over the same archive agree.
+night's incremental run and a from-scratch run over the same archive agree. The listing is a Spark
+DataFrame (:mod:`vidspark.listing`); so is everything here: the driver holds counts, not rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from vidspark.config import Conf
-from vidspark.layout import Layout, LayoutMismatch, natural_key
+from vidspark.layout import Layout, LayoutMismatch, natural_sort_text
 from vidspark.schemas import WORK_SCHEMA
-from vidspark.storage import Location, ObjectInfo, list_objects
 from vidspark.video_source import kind_of_key
 
 UNKNOWN_CAMERA = "unknown"
 _WORK_COLUMNS = WORK_SCHEMA.fieldNames()
+_DAY_US = 86_400_000_000
 
-
-@dataclass
-class Inventory:
-    """What the listing found: rows to featurize and keys that did not fit the layout."""
-
-    rows: pd.DataFrame
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    unselected: int = 0  # listed but outside --since/--until/--cameras
-    listed_uris: set[str] = field(default_factory=set)  # every object listed (for --prune)
-
-    @property
-    def listed(self) -> int:
-        return len(self.rows) + len(self.errors) + self.unselected
+PARSED_SCHEMA = T.StructType(
+    [
+        T.StructField("uri", T.StringType(), False),
+        T.StructField("key", T.StringType(), False),
+        T.StructField("etag", T.StringType(), True),
+        T.StructField("size", T.LongType(), True),
+        T.StructField("last_modified", T.TimestampType(), True),
+        T.StructField("camera_id", T.StringType(), True),
+        T.StructField("video_id", T.StringType(), True),
+        T.StructField("frame_idx", T.LongType(), True),
+        T.StructField("key_ts", T.TimestampType(), True),
+        T.StructField("key_day", T.DateType(), True),
+        T.StructField("label", T.StringType(), True),
+        T.StructField("kind", T.StringType(), True),
+        T.StructField("scope", T.StringType(), True),
+        T.StructField("nk", T.StringType(), True),
+        T.StructField("error", T.StringType(), True),
+    ]
+)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which listed objects a run takes: time window on the layout's ``{ts}`` (else last-modified), cameras."""
+    """Which listed objects a run takes: time window on the layout's ``{ts}`` (else ``{date}``, else last-modified), cameras.
+
+    A key with ``{date}`` and no ``{ts}`` is taken when its day overlaps the window.
+    """
 
     since: datetime | None = None
     until: datetime | None = None
@@ -53,88 +66,136 @@ class Selection:
             return False
         return self.cameras is None or camera_id in self.cameras
 
+    def column(self) -> Column:
+        """The selection as a Spark condition on parsed inventory rows (``frame_ts``, ``key_ts``, ``key_day``, ``camera_id``)."""
+        cond = F.lit(True)
+        if self.cameras is not None:
+            cond = cond & F.col("camera_id").isin(sorted(self.cameras))
+        point = F.unix_micros(F.col("frame_ts"))
+        day_start = F.unix_date(F.col("key_day")).cast("long") * _DAY_US
+        by_day = F.col("key_ts").isNull() & F.col("key_day").isNotNull()
+        if self.since is not None:
+            since = _micros(self.since)
+            cond = cond & F.when(by_day, day_start + _DAY_US > since).otherwise(point >= since)
+        if self.until is not None:
+            until = _micros(self.until)
+            cond = cond & F.when(by_day, day_start < until).otherwise(point < until)
+        return cond
 
-def build_inventory(objects: Iterable[ObjectInfo], layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None) -> Inventory:
-    """Parse listed objects with the layout into work rows (pure Python, driver side).
+
+def _micros(ts: datetime) -> int:
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    delta = ts.astimezone(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass
+class Inventory:
+    """What a listing holds, as DataFrames: the selected work rows and the keys that did not fit the layout.
+
+    ``parsed`` is persisted (a listing is read once); :meth:`counts` runs one small aggregation.
+    """
+
+    parsed: DataFrame
+    rows: DataFrame  # WORK_SCHEMA, selected
+    errors: DataFrame  # uri, stage, error_type, message
+    selected_flag: DataFrame  # every parsed row that fits, with its ``_selected`` flag
+
+    def counts(self) -> dict[str, int]:
+        """``listed``, ``layout_errors``, ``selected``, ``unselected``, ``videos`` (selected video objects)."""
+        row = self.selected_flag.agg(
+            F.count(F.lit(1)).alias("fits"),
+            F.sum(F.col("_selected").cast("long")).alias("selected"),
+            F.sum((F.col("_selected") & (F.col("kind") == "video")).cast("long")).alias("videos"),
+        ).collect()[0]
+        errors = self.parsed.where(F.col("error").isNotNull()).count()
+        fits, selected = int(row["fits"] or 0), int(row["selected"] or 0)
+        return {"listed": fits + errors, "layout_errors": errors, "selected": selected, "unselected": fits - selected, "videos": int(row["videos"] or 0)}
+
+    def unpersist(self) -> None:
+        self.parsed.unpersist()
+
+
+def make_parse_fn(layout: Layout) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The executor task: parse each listed key with the layout (a mismatch is kept, with its message)."""
+
+    def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            records = [_parse_one(layout, key) for key in batch["key"]]
+            out = pd.DataFrame.from_records(records, columns=["camera_id", "video_id", "frame_idx", "key_ts", "key_day", "label", "kind", "scope", "nk", "error"])
+            for col in ("uri", "key", "etag", "size", "last_modified"):
+                out[col] = batch[col].to_numpy()
+            out["frame_idx"] = pd.array(out["frame_idx"], dtype="Int64")
+            out["key_ts"] = pd.to_datetime(out["key_ts"], utc=True)
+            yield out[PARSED_SCHEMA.fieldNames()]
+
+    return parse_partition
+
+
+def _parse_one(layout: Layout, key: str) -> tuple[Any, ...]:
+    try:
+        kf = layout.parse(key)
+    except LayoutMismatch as exc:
+        return (None, None, None, None, None, None, None, None, None, str(exc))
+    kind = kind_of_key(key)
+    video_id = kf.video_id
+    if video_id is not None and kind == "image" and kf.file_field == "video_id":
+        video_id = key.rsplit("/", 1)[-1]
+    elif video_id is None and kind == "video":
+        video_id = key_without_extension(key)
+    return (kf.camera_id or UNKNOWN_CAMERA, video_id, kf.frame_idx, kf.ts, kf.date, kf.label, kind, kf.scope, natural_sort_text(key), None)
+
+
+@F.pandas_udf(T.StringType())  # type: ignore[call-overload]
+def _event_ids(micros: pd.Series) -> pd.Series:
+    return pd.to_datetime(micros, unit="us", utc=True).map(_event_id)
+
+
+def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None) -> Inventory:
+    """Parse a listing (``LISTING_SCHEMA``) with the layout into work rows, on the executors.
 
     Everything that identifies a frame is decided over every listed object, before ``selection``
     narrows them, and never from upload order, so a night's run and a from-scratch run agree:
 
     - ``camera_id`` defaults to ``unknown``; ``kind`` comes from the extension (``auto``: decided
       by content on the executor).
-    - ``frame_ts`` is the layout's ``{ts}``, else the object's last-modified time. The frames of a
+    - ``frame_ts`` is the layout's ``{ts}``, else the object's last-modified time (with ``{date}``:
+      when it falls on that day, else the day's start, so the date partition is the key's). The frames of a
       frame folder without ``{ts}`` all take the folder's earliest last-modified time (one time for
       the folder, so re-uploading one frame moves nothing); their order is ``frame_idx``.
     - ``frame_idx`` is the layout's ``{frame_idx}``, else the natural-sort rank of the key among the
-      listed frames of its ``(camera_id, video_id)``, and 0 for images that belong to no video.
+      listed frames of its ``(camera_id, video_id)`` (and its day folder, when a ``{date}`` folder holds
+      the video folders), and 0 for images that belong to no video.
     - A video object's ``video_id`` defaults to its key without extension; its frames get their
       index and time when decoded. A still whose ``{video_id}`` is its whole file name keeps the
       extension in it, so ``cam1/1430.jpg`` beside ``cam1/1430.mp4`` is a video of its own.
     - With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into events (see
       :func:`assign_event_ids`).
     """
-    records: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    listed_uris: set[str] = set()
-    for obj in objects:
-        listed_uris.add(obj.uri)
-        try:
-            kf = layout.parse(obj.rel_key)
-        except LayoutMismatch as exc:
-            errors.append({"uri": obj.uri, "stage": "layout", "error_type": "LayoutMismatch", "message": str(exc)})
-            continue
-        kind = kind_of_key(obj.rel_key)
-        video_id = kf.video_id
-        if video_id is not None and kind == "image" and kf.file_field == "video_id":
-            video_id = obj.rel_key.rsplit("/", 1)[-1]
-        elif video_id is None and kind == "video":
-            video_id = key_without_extension(obj.rel_key)
-        records.append(
-            {
-                "uri": obj.uri,
-                "etag": obj.etag,
-                "camera_id": kf.camera_id or UNKNOWN_CAMERA,
-                "video_id": video_id,
-                "frame_idx": kf.frame_idx,
-                "frame_ts": kf.ts or obj.last_modified,
-                "label": kf.label,
-                "size": obj.size,
-                "key": obj.rel_key,
-                "kind": kind,
-                "_has_ts": kf.ts is not None,
-            }
-        )
-    if not records:
-        return Inventory(pd.DataFrame({c: pd.Series(dtype=object) for c in _WORK_COLUMNS}), errors, 0, listed_uris)
-    rows = pd.DataFrame.from_records(records)
-    rows["frame_ts"] = pd.to_datetime(rows["frame_ts"], utc=True)
-    stills = rows["kind"] == "image"  # extension-less objects may be videos: never grouped or ranked as stills
-    folder = stills & rows["video_id"].notna() & ~rows["_has_ts"].astype(bool)  # frame folders whose keys carry no time
+    parsed = listing_df.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    errors = parsed.where(F.col("error").isNotNull()).select("uri", F.lit("layout").alias("stage"), F.lit("LayoutMismatch").alias("error_type"), F.col("error").alias("message"))
+    # A key with {date} and no {ts}: its last-modified time if that falls on the day, else the day's start (UTC).
+    day_start = F.unix_date(F.col("key_day")).cast("long") * _DAY_US
+    on_day = (F.unix_micros(F.col("last_modified")) >= day_start) & (F.unix_micros(F.col("last_modified")) < day_start + _DAY_US)
+    dated = F.when(F.col("key_day").isNotNull() & ~F.coalesce(on_day, F.lit(False)), F.expr(f"timestamp_micros(unix_date(key_day) * {_DAY_US})"))
+    rows = parsed.where(F.col("error").isNull()).withColumn("frame_ts", F.coalesce("key_ts", dated, "last_modified"))
+    stills = F.col("kind") == "image"  # extension-less objects may be videos: never grouped or ranked as stills
+    rows = rows.withColumn("_folder", stills & F.col("video_id").isNotNull() & F.col("key_ts").isNull())  # frame folders whose keys carry no time
     if gap_seconds is not None:
-        rows = assign_event_ids(rows, gap_seconds=gap_seconds, mask=stills & rows["video_id"].isna())
-    in_video = stills & rows["video_id"].notna()
-    missing_idx = rows["frame_idx"].isna()
-    if missing_idx.any():
-        idx = pd.Series(0, index=rows.index, dtype="int64")
-        ranked = missing_idx & in_video
-        if ranked.any():
-            sub = rows[ranked].copy()
-            sub["_nk"] = sub["key"].map(natural_key)
-            sub = sub.sort_values(["camera_id", "video_id", "frame_ts", "_nk"] if gap_seconds is not None else ["camera_id", "video_id", "_nk"], kind="stable")
-            idx.loc[sub.index] = sub.groupby(["camera_id", "video_id"], sort=False).cumcount().astype("int64")
-        rows["frame_idx"] = rows["frame_idx"].where(~missing_idx, idx)
-    rows["frame_idx"] = rows["frame_idx"].astype("int64")
-    if folder.any():
-        rows.loc[folder, "frame_ts"] = rows[folder].groupby(["camera_id", "video_id"])["frame_ts"].transform("min")
-    rows["date"] = rows["frame_ts"].dt.date
-    unselected = 0
-    if selection is not None:
-        takes = pd.Series([selection.takes(ts, cam) for ts, cam in zip(rows["frame_ts"], rows["camera_id"], strict=True)], index=rows.index, dtype=bool)
-        unselected = int((~takes).sum())
-        rows = rows[takes]
+        rows = assign_event_ids(rows, gap_seconds=gap_seconds)
+    video = ["camera_id", "video_id", "scope"]
+    order = [F.col("frame_ts"), F.col("nk"), F.col("key")] if gap_seconds is not None else [F.col("nk"), F.col("key")]
+    ranked = stills & F.col("video_id").isNotNull() & F.col("frame_idx").isNull()
+    rank = F.row_number().over(Window.partitionBy(*video, "_ranked").orderBy(*order)) - 1
+    rows = rows.withColumn("_ranked", ranked).withColumn("frame_idx", F.when(F.col("_ranked"), rank).otherwise(F.coalesce("frame_idx", F.lit(0))).cast("long"))
+    folder_ts = F.min("frame_ts").over(Window.partitionBy(*video, "_folder"))
+    rows = rows.withColumn("frame_ts", F.when(F.col("_folder"), folder_ts).otherwise(F.col("frame_ts")))
+    rows = rows.withColumn("date", F.expr(f"date_from_unix_date(CAST(floor(unix_micros(frame_ts) / {_DAY_US}) AS INT))"))
+    flagged = rows.withColumn("_selected", selection.column() if selection is not None else F.lit(True))
+    work = flagged.where(F.col("_selected"))
     for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
-        rows[col] = None
-    return Inventory(rows[_WORK_COLUMNS].reset_index(drop=True), errors, unselected, listed_uris)
+        work = work.withColumn(col, F.lit(None).cast("long"))
+    return Inventory(parsed, work.select(*_WORK_COLUMNS), errors, flagged)
 
 
 def key_without_extension(key: str) -> str:
@@ -144,32 +205,22 @@ def key_without_extension(key: str) -> str:
     return head + sep + stem
 
 
-def assign_event_ids(rows: pd.DataFrame, *, gap_seconds: float, mask: pd.Series) -> pd.DataFrame:
+def assign_event_ids(rows: DataFrame, *, gap_seconds: float) -> DataFrame:
     """Group motion-triggered stills into events: per camera, a gap over ``gap_seconds`` starts a new one.
 
     The event's ``video_id`` is ``evt-`` and its first frame's UTC time (``evt-20261120T143005``,
     with milliseconds when not whole), so it is the same whichever run lists the frames.
     """
-    if not mask.any():
-        return rows
-    rows = rows.copy()
-    sub = rows[mask].copy()
-    sub["_nk"] = sub["key"].map(natural_key)
-    sub = sub.sort_values(["camera_id", "frame_ts", "_nk"], kind="stable")
-    gap = sub.groupby("camera_id", sort=False)["frame_ts"].diff()
-    new_event = gap.isna() | (gap > pd.Timedelta(seconds=gap_seconds))
-    event_no = new_event.groupby(sub["camera_id"], sort=False).cumsum()
-    first_ts = sub["frame_ts"].where(new_event).groupby([sub["camera_id"], event_no], sort=False).transform("first")
-    rows.loc[sub.index, "video_id"] = first_ts.map(_event_id)
-    return rows
+    loose = (F.col("kind") == "image") & F.col("video_id").isNull()
+    by_time = Window.partitionBy("camera_id", "_loose").orderBy("frame_ts", "nk", "key")
+    us = F.unix_micros(F.col("frame_ts"))
+    gap = us - F.lag(us).over(by_time)
+    rows = rows.withColumn("_loose", loose).withColumn("_new", (gap.isNull() | (gap > int(gap_seconds * 1_000_000))).cast("long"))
+    rows = rows.withColumn("_event", F.sum("_new").over(by_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    first = F.min(us).over(Window.partitionBy("camera_id", "_loose", "_event"))
+    return rows.withColumn("video_id", F.when(F.col("_loose"), _event_ids(first)).otherwise(F.col("video_id"))).drop("_new", "_event")
 
 
 def _event_id(ts: pd.Timestamp) -> str:
     ms = ts.microsecond // 1000
     return "evt-" + ts.strftime("%Y%m%dT%H%M%S") + (f".{ms:03d}" if ms else "")
-
-
-def list_inventory(location: Location, client: Any | None, conf: Conf, *, selection: Selection | None = None) -> Inventory:
-    """List the input (the only driver-side pass) and parse keys; the caller has checked it is readable."""
-    layout = Layout(conf.input.layout, ts_format=conf.input.ts_format)
-    return build_inventory(list_objects(location, client), layout, gap_seconds=conf.events.gap_seconds, selection=selection)

@@ -2,12 +2,16 @@
 
 Template syntax, one path component per ``/``:
 
-- ``{label}``, ``{camera_id}``, ``{video_id}``, ``{frame_idx}``, ``{ts}``: a named field. A field can
+- ``{label}``, ``{camera_id}``, ``{video_id}``, ``{frame_idx}``, ``{ts}``, ``{date}``: a named field. A field can
   share a component with literal text (``frame_{frame_idx}.jpg``). A field that is the whole *last*
   component captures the file name without its extension (``{video_id}`` on ``143000.mp4`` is
   ``143000``).
 - ``{_}``: one component, ignored.
 - ``**``: any number of components; as the last component it needs at least one (the file).
+
+``{ts}`` is parsed with ``ts_format`` and ``{date}`` with ``date_format``; a ``{ts}`` whose format
+has no date (``%H%M%S``) takes its day from ``{date}`` (``{camera_id}/{date}/{ts}.jpg``). A key with
+``{date}`` and no ``{ts}`` is selected by its date (see :class:`vidspark.inventory.Selection`).
 
 Several templates separated by ``|`` (or a YAML list in conf) are alternatives tried in order; the
 first that fits a key wins. A mixed archive of frame folders and video files needs this:
@@ -18,12 +22,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from vidspark.errors import LayoutError
 
-FIELDS = ("label", "camera_id", "video_id", "frame_idx", "ts")
+FIELDS = ("label", "camera_id", "video_id", "frame_idx", "ts", "date")
+_DATE_DIRECTIVES = ("%Y", "%y", "%j", "%d", "%x", "%c", "%G", "%U", "%W", "%V", "%s")
+
+
+def has_date(fmt: str) -> bool:
+    """Whether a strftime format pins a calendar day (``%H%M%S`` does not)."""
+    return any(d in fmt for d in _DATE_DIRECTIVES)
+
+
 _TOKEN = re.compile(r"\{([^{}]*)\}")
 
 
@@ -36,7 +48,9 @@ class KeyFields:
     video_id: str | None = None
     frame_idx: int | None = None
     ts: datetime | None = None
+    date: date | None = None  # the key's {date} (a {ts} without a day of its own is on it)
     file_field: str | None = None  # the field that took the whole file name (without its extension), if any
+    scope: str = ""  # the key's {date}/{ts} text when a folder of it holds the {video_id} folders (a frame folder is one per day)
 
 
 class LayoutMismatch(ValueError):
@@ -52,6 +66,8 @@ class Layout:
         The template, for example ``{camera_id}/{video_id}/**``.
     ts_format
         strftime format of the ``{ts}`` field (UTC unless the format has ``%z``).
+    date_format
+        strftime format of the ``{date}`` field.
 
     Raises
     ------
@@ -59,14 +75,17 @@ class Layout:
         If the template uses an unknown field, repeats one, or is empty.
     """
 
-    def __init__(self, template: str, *, ts_format: str = "%Y%m%dT%H%M%S") -> None:
+    def __init__(self, template: str, *, ts_format: str = "%Y%m%dT%H%M%S", date_format: str = "%Y-%m-%d") -> None:
         self.template = template
         self.ts_format = ts_format
+        self.date_format = date_format
         self.alternatives = [t.strip() for t in template.split("|")]
+        self.parts = [t.strip("/").split("/") for t in self.alternatives]
         compiled = [self._compile(t) for t in self.alternatives]
         self.regexes = [rx for rx, _ in compiled]
         self.file_fields = [name for _, name in compiled]
         self.fields = tuple(dict.fromkeys(name for rx in self.regexes for name in rx.groupindex))
+        self.scope_fields = [_scope_field(parts) for parts in self.parts]
 
     @staticmethod
     def _compile(template: str) -> tuple[re.Pattern[str], str | None]:
@@ -120,21 +139,40 @@ class Layout:
         LayoutMismatch
             If the key does not fit, or ``{frame_idx}``/``{ts}`` do not parse.
         """
-        m, file_field = next(((m, f) for m, f in ((rx.match(key), f) for rx, f in zip(self.regexes, self.file_fields, strict=True)) if m is not None), (None, None))
+        i, m = next(((i, m) for i, m in enumerate(rx.match(key) for rx in self.regexes) if m is not None), (-1, None))
         if m is None:
             raise LayoutMismatch(f"key {key!r} does not fit layout {self.template!r}")
         values: dict[str, Any] = dict(m.groupdict())
-        values["file_field"] = file_field
+        values["file_field"] = self.file_fields[i]
+        scope_field = self.scope_fields[i]
+        values["scope"] = values[scope_field] if scope_field else ""
         if values.get("frame_idx") is not None:
             values["frame_idx"] = int(values["frame_idx"])
-        if values.get("ts") is not None:
-            text = values["ts"]
+        if values.get("date") is not None:
+            text = values["date"]
             try:
-                ts = datetime.strptime(text, self.ts_format)
+                values["date"] = datetime.strptime(text, self.date_format).date()
             except ValueError as exc:
-                raise LayoutMismatch(f"key {key!r}: {{ts}} value {text!r} does not match ts_format {self.ts_format!r}") from exc
+                raise LayoutMismatch(f"key {key!r}: {{date}} value {text!r} does not match date_format {self.date_format!r}") from exc
+        if values.get("ts") is not None:
+            text, fmt = values["ts"], self.ts_format
+            if values.get("date") is not None and not has_date(fmt):  # a time of day on the key's {date}
+                text, fmt = f"{values['date'].isoformat()} {text}", f"%Y-%m-%d {fmt}"
+            try:
+                ts = datetime.strptime(text, fmt)
+            except ValueError as exc:
+                raise LayoutMismatch(f"key {key!r}: {{ts}} value {values['ts']!r} does not match ts_format {self.ts_format!r}") from exc
             values["ts"] = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
         return KeyFields(**values)
+
+
+def _scope_field(parts: list[str]) -> str | None:
+    """The ``{date}`` or ``{ts}`` field of a folder above the ``{video_id}`` folder, if any."""
+    where = {name: i for i, part in enumerate(parts) for name in _TOKEN.findall(part)}
+    if "video_id" not in where:
+        return None
+    above = [f for f in ("date", "ts") if f in where and where[f] < where["video_id"]]
+    return min(above, key=where.__getitem__) if above else None
 
 
 _NUM = re.compile(r"([0-9]+)")
@@ -143,3 +181,24 @@ _NUM = re.compile(r"([0-9]+)")
 def natural_key(text: str) -> tuple[Any, ...]:
     """Sort key that orders ``frame_2`` before ``frame_10``."""
     return tuple((0, int(tok), "") if tok.isdecimal() else (1, 0, tok.lower()) for tok in _NUM.split(text) if tok)
+
+
+def natural_sort_text(text: str) -> str:
+    """:func:`natural_key` as one string that sorts the same way (for Spark's string ordering).
+
+    Digit runs become ``0`` + their length + their digits, text runs ``1`` + the lowered text, each
+    ended by NUL: comparing these strings byte by byte (as Spark does) compares the tuples.
+    """
+    out = []
+    for tok in _NUM.split(text):
+        if not tok:
+            continue
+        if tok.isdecimal() and tok.isascii():
+            digits = tok.lstrip("0") or "0"
+            out.append(f"0{len(digits):05d}{digits}\x00")
+        elif tok.isdecimal():  # other scripts' digits: natural_key takes their value
+            digits = str(int(tok))
+            out.append(f"0{len(digits):05d}{digits}\x00")
+        else:
+            out.append(f"1{tok.lower()}\x00")
+    return "".join(out)

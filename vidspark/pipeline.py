@@ -99,6 +99,7 @@ def run(
     full: bool = False,
     prune: bool = False,
     selection: Selection | None = None,
+    inventory: str | None = None,
 ) -> RunSummary:
     """The nightly job: featurize what is new or changed under ``input_uri``, then re-predict the partitions it touched.
 
@@ -130,6 +131,7 @@ def run(
         full=full,
         prune=prune,
         selection=selection,
+        inventory=inventory,
         on_partitions=record_pending,
     )
     parts = sorted(pending | {(p["camera_id"], p["date"]) for p in featurize_summary["partitions"]})

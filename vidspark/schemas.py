@@ -22,6 +22,18 @@ _ERROR_FIELDS = [
     T.StructField("message", T.StringType(), True),
 ]
 
+# One listed object, from a live listing or an S3 Inventory report: ``uri`` is the full URI
+# (``s3://bucket/key`` or a local path), ``key`` the key relative to the input prefix.
+LISTING_SCHEMA = T.StructType(
+    [
+        T.StructField("uri", T.StringType(), False),
+        T.StructField("key", T.StringType(), False),
+        T.StructField("size", T.LongType(), True),
+        T.StructField("etag", T.StringType(), True),
+        T.StructField("last_modified", T.TimestampType(), True),
+    ]
+)
+
 INVENTORY_SCHEMA = T.StructType([*IDENTITY_FIELDS, T.StructField("size", T.LongType(), True)])
 
 # One unit of featurize work: an image, a whole video, or one keyframe-aligned segment of a video.

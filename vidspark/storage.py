@@ -1,6 +1,6 @@
 """Object storage: S3 (any S3-compatible endpoint, through boto3) and local folders.
 
-Listing runs once on the driver (paginated); reading runs on executors, one client per Python
+Listing is planned by :mod:`vidspark.listing`; reading runs on executors, one client per Python
 worker. Credentials come only from boto3's standard chain (environment, profile, instance role);
 the endpoint from ``storage.endpoint_url`` or boto3's own ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``.
 """
@@ -12,9 +12,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -144,52 +143,6 @@ def check_readable(location: Location, client: Any = None) -> None:
         raise StorageError(f"bucket {location.bucket!r} at {endpoint}: {code or status}: {exc}") from exc
     except BotoCoreError as exc:
         raise StorageError(f"bucket {location.bucket!r} at {endpoint}: {type(exc).__name__}: {exc}") from exc
-
-
-def list_objects(location: Location, client: Any = None) -> Iterator[ObjectInfo]:
-    """List every object below the location (S3 paginated, folders recursively).
-
-    Folder markers (keys ending in ``/``) are skipped; nothing else is filtered, so that every
-    object is either featurized or accounted for as an error.
-    """
-    if location.scheme == "file":
-        root = Path(location.prefix)
-
-        def unreadable(exc: OSError) -> None:
-            raise StorageError(f"cannot list {exc.filename!r} under {location.prefix!r}: {exc.strerror}; fix its permissions")
-
-        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                rel = path.relative_to(root).as_posix()
-                try:
-                    st = path.stat()
-                except OSError:  # broken link or vanished: listed anyway, so its read fails into an errors row
-                    yield ObjectInfo(uri=str(path), rel_key=rel, size=0, etag="", last_modified=datetime.now(timezone.utc))
-                    continue
-                yield ObjectInfo(
-                    uri=str(path),
-                    rel_key=rel,
-                    size=st.st_size,
-                    etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
-                    last_modified=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
-                )
-        return
-    prefix = location.prefix + "/" if location.prefix else ""
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            key = obj["Key"]
-            if key.endswith("/"):
-                continue
-            yield ObjectInfo(
-                uri=f"s3://{location.bucket}/{key}",
-                rel_key=key[len(prefix) :],
-                size=int(obj.get("Size", 0)),
-                etag=str(obj.get("ETag", "")).strip('"'),
-                last_modified=obj["LastModified"].astimezone(timezone.utc),
-            )
 
 
 def get_object_bytes(client: Any, *, bucket: str, key: str, etag: str | None = None, byte_range: str | None = None, attempts: int = 5) -> bytes:
