@@ -9,7 +9,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.outputs import read_table, table_exists, write_table
+from vidspark.outputs import read_partitions, read_table, table_exists, write_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA
 
 
@@ -23,11 +23,11 @@ def stored_objects(spark: SparkSession, features: str, featurizer: str, *, camer
     """
     if not table_exists(spark, features):
         return None
-    df = read_table(spark, features, FEATURES_SCHEMA)
-    if cameras is not None:
-        df = df.where(F.col("camera_id").isin(sorted(cameras)))
-    if from_date is not None:
-        df = df.where(F.col("date") >= F.lit(from_date))
+    if cameras is None and from_date is None:
+        df = read_table(spark, features, FEATURES_SCHEMA)
+    else:
+        found = read_partitions(spark, features, FEATURES_SCHEMA, cameras=sorted(cameras) if cameras is not None else None, from_date=from_date.isoformat() if from_date else None)
+        df = found if found is not None else spark.createDataFrame([], FEATURES_SCHEMA)
     return df.groupBy("uri").agg(
         F.min("etag").alias("etag_lo"),
         F.max("etag").alias("etag_hi"),
@@ -126,14 +126,13 @@ def diff_with_store(rows: DataFrame, listed_uris: DataFrame, stored: DataFrame |
 
 def merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | None, affected: list[tuple[str, str]], drop_uris: DataFrame | None) -> DataFrame:
     """New rows plus the rows already in the affected partitions that stay (not replaced, not pruned)."""
-    # A filter on a hash set of partition keys, not a join: no broadcast job, and the Parquet reader prunes partitions.
+    # The store's affected partitions are read by path (read_partitions); new rows are filtered on a hash set of partition keys.
     in_affected = F.concat_ws("\u0000", F.col("camera_id"), F.col("date").cast("string")).isin([f"{c}\u0000{d}" for c, d in affected])
     if new_df is not None:  # a recomputed cache must not bring rows of partitions nobody planned to rewrite
         new_df = new_df.where(in_affected).select(*FEATURES_SCHEMA.fieldNames())
-    if not table_exists(spark, output):
-        assert new_df is not None
-        return new_df
-    keep_df = read_table(spark, output, FEATURES_SCHEMA).where(in_affected)
+    keep_df = read_partitions(spark, output, FEATURES_SCHEMA, partitions=affected)
+    if keep_df is None:
+        return new_df if new_df is not None else spark.createDataFrame([], FEATURES_SCHEMA)
     if drop_uris is not None:
         keep_df = keep_df.join(drop_uris, "uri", "left_anti")
     keep_df = keep_df.select(*FEATURES_SCHEMA.fieldNames())

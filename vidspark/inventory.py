@@ -93,7 +93,8 @@ def _micros(ts: datetime) -> int:
 class Inventory:
     """What a listing holds, as DataFrames: the selected work rows and the keys that did not fit the layout.
 
-    ``parsed`` is persisted (a listing is read once); :meth:`counts` runs one small aggregation.
+    ``parsed`` and ``selected_flag`` are persisted (a listing is read once, its windows computed once);
+    :meth:`counts` runs one small aggregation.
     """
 
     parsed: DataFrame
@@ -113,6 +114,7 @@ class Inventory:
         return {"listed": fits + errors, "layout_errors": errors, "selected": selected, "unselected": fits - selected, "videos": int(row["videos"] or 0)}
 
     def unpersist(self) -> None:
+        self.selected_flag.unpersist()
         self.parsed.unpersist()
 
 
@@ -191,7 +193,7 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     folder_ts = F.min("frame_ts").over(Window.partitionBy(*video, "_folder"))
     rows = rows.withColumn("frame_ts", F.when(F.col("_folder"), folder_ts).otherwise(F.col("frame_ts")))
     rows = rows.withColumn("date", F.expr(f"date_from_unix_date(CAST(floor(unix_micros(frame_ts) / {_DAY_US}) AS INT))"))
-    flagged = rows.withColumn("_selected", selection.column() if selection is not None else F.lit(True))
+    flagged = rows.withColumn("_selected", selection.column() if selection is not None else F.lit(True)).persist(StorageLevel.MEMORY_AND_DISK)
     work = flagged.where(F.col("_selected"))
     for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
         work = work.withColumn(col, F.lit(None).cast("long"))

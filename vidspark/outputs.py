@@ -46,6 +46,36 @@ def read_table(spark: SparkSession, path: str, schema: T.StructType) -> DataFram
     return spark.read.schema(schema).parquet(path)
 
 
+def read_partitions(
+    spark: SparkSession, path: str, schema: T.StructType, *, cameras: list[str] | None = None, from_date: str | None = None, partitions: list[tuple[str, str]] | None = None
+) -> DataFrame | None:
+    """Read only some ``camera_id=/date=`` partitions of a table, by their folders (None if none exists).
+
+    Spark's file index lists every partition of a table it reads, even those a filter prunes: a store
+    of years of cameras costs a listing of thousands of folders each night. Here only the camera
+    folders, then the date folders of the cameras asked for, are listed (names, not files), and the
+    partitions wanted are read by path. ``cameras``: only these; ``from_date``: dates on or after it
+    (ISO); ``partitions``: exactly these ``(camera_id, date)`` pairs.
+    """
+    if not table_exists(spark, path):
+        return None
+    wanted = {partition_path(c, d) for c, d in partitions} if partitions is not None else None
+    camera_dirs = {f"camera_id={_escape_path_name(c)}" for c in (cameras if cameras is not None else [c for c, _ in partitions or []])}
+    paths = []
+    for cam in sorted(n for n in list_names(spark, path) if n.startswith("camera_id=")):
+        if (cameras is not None or partitions is not None) and cam not in camera_dirs:
+            continue
+        for day in sorted(n for n in list_names(spark, join(path, cam)) if n.startswith("date=")):
+            if from_date is not None and day[len("date=") :] < from_date:
+                continue
+            if wanted is not None and f"{cam}/{day}" not in wanted:
+                continue
+            paths.append(join(path, cam, day))
+    if not paths:
+        return None
+    return spark.read.schema(schema).option("basePath", path).parquet(*paths)
+
+
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write a small text file through Hadoop's FileSystem (local, HDFS, s3a alike), atomically by rename."""
     FileSystem(spark, path).write_text(path, text)
