@@ -81,6 +81,12 @@ def test_natural_sort_text_orders_as_natural_key_byte_by_byte():
     assert (date.date.isoformat(), date.ts.isoformat()) == ("2026-11-21", "2026-11-21T10:15:00+00:00")
     with pytest.raises(LayoutMismatch, match="date_format"):
         Layout("{camera_id}/{date}/**").parse("c1/21.11.2026/x.jpg")
+    # what strptime forgives, a listing by day prefix would not find: such keys do not fit
+    with pytest.raises(LayoutMismatch, match="not written exactly"):
+        Layout("{camera_id}/{date}/**").parse("c1/2026-11-5/x.jpg")
+    with pytest.raises(LayoutMismatch, match="does not start with its day"):
+        Layout("{camera_id}/{ts}.jpg").parse("c1/20261122t003000.jpg")
+    assert Layout("{camera_id}/{ts}.jpg", ts_format="%Y%m%dT%H%M%S.%f").parse("c1/20261122T003000.5.jpg").ts is not None
 
 
 def test_natural_sort_with_unicode_digits_does_not_crash():

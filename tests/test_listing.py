@@ -56,6 +56,15 @@ def test_layouts_that_cannot_narrow_by_time_say_why(layout, gap, why):
     assert all(WILD not in p for p in plan.patterns)  # nothing to resolve: listed whole
 
 
+def test_day_folders_are_listed_whole_and_a_day_wider_when_keys_carry_their_time():
+    # keys selected by {ts}: a folder of the 21st may hold 00:05 on the 22nd (a clip across midnight)
+    plan = plan_listing(Layout("{camera_id}/{date}/{video_id}/{ts}.jpg"), since=datetime(2026, 11, 22, tzinfo=timezone.utc), until=datetime(2026, 11, 23, tzinfo=timezone.utc))
+    assert plan.patterns == tuple((WILD, f"2026-11-{d}/") for d in (21, 22, 23))
+    # a long window is not a prefix per camera and day: it is listed whole, and the log says why
+    long = plan_listing(Layout(LAYOUT), since=datetime(2026, 1, 1, tzinfo=timezone.utc), until=UNTIL)
+    assert long.whole and any("longer than" in n for n in long.notes)
+
+
 def test_alternatives_list_the_union_and_a_whole_alternative_covers_the_rest():
     plan = plan_listing(Layout("{camera_id}/{video_id}/** | {camera_id}/{ts}"), since=SINCE, until=UNTIL, cameras=frozenset({"c1"}))
     assert plan.patterns == (("c1/",),) and plan.time_window is None

@@ -177,6 +177,9 @@ def _listing(spark: SparkSession, location: Location, client: Any, plan: Listing
     if inventory:
         inv_client = s3_client or (client if client is not None else (make_s3_client(conf.storage) if inventory.startswith("s3://") else None))
         manifest = read_manifest(inventory, inv_client)
+        missing = [f for f in ("size", "last_modified_date", "e_tag") if f not in manifest.fields]
+        if missing:  # an object's time and ETag are what the selection and the nightly diff use
+            raise ConfigError(f"inventory report {inventory} lacks {', '.join(missing)}: configure the S3 Inventory with the Size, LastModifiedDate and ETag fields")
         if location.scheme != "s3":
             raise ConfigError(f"--inventory lists an S3 bucket; the input {location.uri} is not one")
         df = inventory_listing(spark, manifest, conf.storage, bucket=location.bucket, prefix=location.prefix, parallelism=conf.input.list_parallelism)

@@ -33,11 +33,11 @@ PARSED_SCHEMA = T.StructType(
         T.StructField("key", T.StringType(), False),
         T.StructField("etag", T.StringType(), True),
         T.StructField("size", T.LongType(), True),
-        T.StructField("last_modified", T.TimestampType(), True),
+        T.StructField("lm_us", T.LongType(), True),
         T.StructField("camera_id", T.StringType(), True),
         T.StructField("video_id", T.StringType(), True),
         T.StructField("frame_idx", T.LongType(), True),
-        T.StructField("key_ts", T.TimestampType(), True),
+        T.StructField("key_us", T.LongType(), True),
         T.StructField("key_day", T.DateType(), True),
         T.StructField("label", T.StringType(), True),
         T.StructField("kind", T.StringType(), True),
@@ -58,13 +58,6 @@ class Selection:
     since: datetime | None = None
     until: datetime | None = None
     cameras: frozenset[str] | None = None
-
-    def takes(self, ts: datetime, camera_id: str) -> bool:
-        if self.since is not None and ts < self.since:
-            return False
-        if self.until is not None and ts >= self.until:
-            return False
-        return self.cameras is None or camera_id in self.cameras
 
     def column(self) -> Column:
         """The selection as a Spark condition on parsed inventory rows (``frame_ts``, ``key_ts``, ``key_day``, ``camera_id``)."""
@@ -124,11 +117,11 @@ def make_parse_fn(layout: Layout) -> Callable[[Iterator[pd.DataFrame]], Iterator
     def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             records = [_parse_one(layout, key) for key in batch["key"]]
-            out = pd.DataFrame.from_records(records, columns=["camera_id", "video_id", "frame_idx", "key_ts", "key_day", "label", "kind", "scope", "nk", "error"])
-            for col in ("uri", "key", "etag", "size", "last_modified"):
+            out = pd.DataFrame.from_records(records, columns=["camera_id", "video_id", "frame_idx", "key_us", "key_day", "label", "kind", "scope", "nk", "error"])
+            for col in ("uri", "key", "etag", "size", "lm_us"):
                 out[col] = batch[col].to_numpy()
             out["frame_idx"] = pd.array(out["frame_idx"], dtype="Int64")
-            out["key_ts"] = pd.to_datetime(out["key_ts"], utc=True)
+            out["key_us"] = pd.array(out["key_us"], dtype="Int64")
             yield out[PARSED_SCHEMA.fieldNames()]
 
     return parse_partition
@@ -145,7 +138,7 @@ def _parse_one(layout: Layout, key: str) -> tuple[Any, ...]:
         video_id = key.rsplit("/", 1)[-1]
     elif video_id is None and kind == "video":
         video_id = key_without_extension(key)
-    return (kf.camera_id or UNKNOWN_CAMERA, video_id, kf.frame_idx, kf.ts, kf.date, kf.label, kind, kf.scope, natural_sort_text(key), None)
+    return (kf.camera_id or UNKNOWN_CAMERA, video_id, kf.frame_idx, _micros(kf.ts) if kf.ts else None, kf.date, kf.label, kind, kf.scope, natural_sort_text(key), None)
 
 
 @F.pandas_udf(T.StringType())  # type: ignore[call-overload]
@@ -174,7 +167,11 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     - With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into events (see
       :func:`assign_event_ids`).
     """
-    parsed = listing_df.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    # Times cross the Python worker as microseconds since the epoch: instants, whatever the session time zone.
+    listed = listing_df.select("uri", "key", "etag", "size", F.unix_micros("last_modified").alias("lm_us"))
+    parsed = listed.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA)
+    parsed = parsed.withColumn("last_modified", F.expr("timestamp_micros(lm_us)")).withColumn("key_ts", F.expr("timestamp_micros(key_us)")).drop("lm_us", "key_us")
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     errors = parsed.where(F.col("error").isNotNull()).select("uri", F.lit("layout").alias("stage"), F.lit("LayoutMismatch").alias("error_type"), F.col("error").alias("message"))
     # A key with {date} and no {ts}: its last-modified time if that falls on the day, else the day's start (UTC).
     day_start = F.unix_date(F.col("key_day")).cast("long") * _DAY_US

@@ -31,6 +31,25 @@ FIELDS = ("label", "camera_id", "video_id", "frame_idx", "ts", "date")
 _DATE_DIRECTIVES = ("%Y", "%y", "%j", "%d", "%x", "%c", "%G", "%U", "%W", "%V", "%s")
 
 
+_DAY_PREFIX_DIRECTIVES = ("%Y", "%m", "%d")
+
+
+def day_prefix_format(fmt: str) -> str | None:
+    """The leading part of a strftime format that pins one day (``%Y%m%dT`` of ``%Y%m%dT%H%M%S``), else None."""
+    out, i = "", 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            directive = fmt[i : i + 2]
+            if directive not in _DAY_PREFIX_DIRECTIVES:
+                break
+            out += directive
+            i += 2
+        else:
+            out += fmt[i]
+            i += 1
+    return out if all(d in out for d in _DAY_PREFIX_DIRECTIVES) else None
+
+
 def has_date(fmt: str) -> bool:
     """Whether a strftime format pins a calendar day (``%H%M%S`` does not)."""
     return any(d in fmt for d in _DATE_DIRECTIVES)
@@ -154,6 +173,8 @@ class Layout:
                 values["date"] = datetime.strptime(text, self.date_format).date()
             except ValueError as exc:
                 raise LayoutMismatch(f"key {key!r}: {{date}} value {text!r} does not match date_format {self.date_format!r}") from exc
+            if values["date"].strftime(self.date_format) != text:  # strptime takes 2026-11-5; a listing by day folder would not find it
+                raise LayoutMismatch(f"key {key!r}: {{date}} value {text!r} is not written exactly as date_format {self.date_format!r} writes it")
         if values.get("ts") is not None:
             text, fmt = values["ts"], self.ts_format
             if values.get("date") is not None and not has_date(fmt):  # a time of day on the key's {date}
@@ -162,6 +183,9 @@ class Layout:
                 ts = datetime.strptime(text, fmt)
             except ValueError as exc:
                 raise LayoutMismatch(f"key {key!r}: {{ts}} value {values['ts']!r} does not match ts_format {self.ts_format!r}") from exc
+            day_fmt = day_prefix_format(fmt)
+            if day_fmt is not None and not text.startswith(ts.strftime(day_fmt)):  # the day as a listing by key prefix finds it
+                raise LayoutMismatch(f"key {key!r}: {{ts}} value {values['ts']!r} does not start with its day as ts_format {self.ts_format!r} writes it")
             values["ts"] = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
         return KeyFields(**values)
 

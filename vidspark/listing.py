@@ -29,7 +29,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from vidspark.config import StorageConf
-from vidspark.layout import FIELDS, Layout, has_date
+from vidspark.layout import FIELDS, Layout, day_prefix_format, has_date
 from vidspark.schemas import LISTING_SCHEMA
 from vidspark.storage import Location, ObjectInfo, cached_s3_client
 
@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 WILD = None  # a pattern piece: one path component not known yet (resolved by a delimiter listing)
 Pattern = tuple[str | None, ...]
 _TOKEN = re.compile(r"\{([^{}]*)\}")
-_DAY_DIRECTIVES = ("%Y", "%m", "%d")
 _BATCH = 10_000
 MAX_DAYS = 92  # a longer window lists faster whole than one prefix per camera and day
+MAX_DELIMITER_LISTINGS = 2_000  # resolving wildcard levels stops there; what is left is listed whole
 
 
 @dataclass(frozen=True)
@@ -88,22 +88,6 @@ def day_range(since: datetime, until: datetime) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _day_prefix_format(fmt: str) -> str | None:
-    """The leading part of a strftime format that pins one day (``%Y%m%dT`` of ``%Y%m%dT%H%M%S``), else None."""
-    out, i = "", 0
-    while i < len(fmt):
-        if fmt[i] == "%":
-            directive = fmt[i : i + 2]
-            if directive not in _DAY_DIRECTIVES:
-                break
-            out += directive
-            i += 2
-        else:
-            out += fmt[i]
-            i += 1
-    return out if all(d in out for d in _DAY_DIRECTIVES) else None
-
-
 def _component(comp: str) -> tuple[str, str, str]:
     """Classify one template component: (kind, field, literal before the field)."""
     if comp == "**":
@@ -147,7 +131,7 @@ def plan_listing(
         if len(days) > MAX_DAYS:
             notes.append(f"a window of {len(days)} days is longer than {MAX_DAYS}: listed without narrowing by day (give --until, or run it in parts)")
             since, days = None, []
-    day_fmt = _day_prefix_format(layout.ts_format)
+    day_fmt = day_prefix_format(layout.ts_format)
     if "%z" in layout.ts_format or "%Z" in layout.ts_format:
         day_fmt = None  # a key's day is then a local one: it cannot be mapped to UTC days by prefix
     for template, parts in zip(layout.alternatives, layout.parts, strict=True):
@@ -175,11 +159,12 @@ def plan_listing(
                 current = [(*p, c + "/") for p in current for c in sorted(cameras)]
                 continue
             if kind == "field" and name == "date" and time_ok:
-                current = [(*p, d.strftime(layout.date_format) + ("" if last else "/")) for p in current for d in days]
+                # Keys are selected by {ts} when the layout has one: a day folder may hold times of the day
+                # before or after (a clip across midnight, a local-time folder), so it lists a day more each side.
+                folder_days = _widened(days) if "ts" in names else days
+                current = [(*p, d.strftime(layout.date_format) + ("" if last else "/")) for p in current for d in folder_days]
                 timed = True
-                if last:
-                    break
-                continue
+                break  # the day folder is listed whole: its frame folders and times are decided over all of it
             if (kind == "ts" or (kind == "field" and name == "ts")) and time_ok and day_fmt is not None:
                 current = [(*p, lit + d.strftime(day_fmt)) for p in current for d in days]
                 timed = True
@@ -196,6 +181,10 @@ def plan_listing(
             notes.append(f"layout {template!r} cannot narrow the listing by camera (no {{camera_id}} folder)")
         patterns.extend(_strip(p) for p in current)
     return ListingPlan(_dedupe(patterns), tuple(notes), (days[0], days[-1]) if all_timed and days else None)
+
+
+def _widened(days: list[date]) -> list[date]:
+    return [days[0] - timedelta(days=1), *days, days[-1] + timedelta(days=1)] if days else days
 
 
 def _time_safe(names: list[str], *, gap_seconds: float | None, since: datetime | None, ts_day_fmt: str | None, date_fmt: str, ts_format: str) -> tuple[bool, str]:
@@ -264,6 +253,9 @@ def resolve(plan: ListingPlan, children: Callable[[str], tuple[list[str], list[O
             expand(prefix + piece, tail)
             return
         if prefix not in cache:
+            if out.requests >= MAX_DELIMITER_LISTINGS:  # wildcard levels multiply: past the budget, list the rest whole
+                out.prefixes.append(prefix)
+                return
             cache[prefix] = children(prefix)
             out.requests += 1
         found = cache[prefix]
