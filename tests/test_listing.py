@@ -60,6 +60,11 @@ def test_day_folders_are_listed_whole_and_a_day_wider_when_keys_carry_their_time
     # keys selected by {ts}: a folder of the 21st may hold 00:05 on the 22nd (a clip across midnight)
     plan = plan_listing(Layout("{camera_id}/{date}/{video_id}/{ts}.jpg"), since=datetime(2026, 11, 22, tzinfo=timezone.utc), until=datetime(2026, 11, 23, tzinfo=timezone.utc))
     assert plan.patterns == tuple((WILD, f"2026-11-{d}/") for d in (21, 22, 23))
+    # a day-first {ts} file name right in the day folder: the neighbour folders by the window's day prefix
+    files = plan_listing(Layout("{camera_id}/{date}/{ts}.jpg"), since=datetime(2026, 11, 22, tzinfo=timezone.utc), until=datetime(2026, 11, 23, tzinfo=timezone.utc))
+    assert files.patterns == tuple((WILD, f"2026-11-{d}/20261122T") for d in (21, 22, 23))
+    # a time of day only: its day is the folder's, nothing to widen
+    assert plan_listing(Layout("{camera_id}/{date}/{ts}.jpg", ts_format="%H%M%S"), since=SINCE, until=UNTIL).patterns == ((WILD, "2026-11-21/"),)
     # a long window is not a prefix per camera and day: it is listed whole, and the log says why
     long = plan_listing(Layout(LAYOUT), since=datetime(2026, 1, 1, tzinfo=timezone.utc), until=UNTIL)
     assert long.whole and any("longer than" in n for n in long.notes)

@@ -159,10 +159,16 @@ def plan_listing(
                 current = [(*p, c + "/") for p in current for c in sorted(cameras)]
                 continue
             if kind == "field" and name == "date" and time_ok:
-                # Keys are selected by {ts} when the layout has one: a day folder may hold times of the day
-                # before or after (a clip across midnight, a local-time folder), so it lists a day more each side.
-                folder_days = _widened(days) if "ts" in names else days
-                current = [(*p, d.strftime(layout.date_format) + ("" if last else "/")) for p in current for d in folder_days]
+                # Keys are selected by a {ts} that carries its own day (or a zone) when the layout has one: a day
+                # folder may hold times of the day before or after (a clip across midnight, a local-time folder),
+                # so a day more is listed on each side; a {ts} file name right below is narrowed by its day prefix.
+                own_day = "ts" in names and (has_date(layout.ts_format) or "%z" in layout.ts_format or "%Z" in layout.ts_format)
+                folder: list[tuple[Pattern, date]] = [((*p, d.strftime(layout.date_format) + ("" if last else "/")), d) for p in current for d in (_widened(days) if own_day else days)]
+                ts_file_next = i + 1 == len(parts) - 1 and (kinds[i + 1][0] == "ts" or kinds[i + 1][:2] == ("field", "ts"))
+                if own_day and day_fmt is not None and ts_file_next:  # each folder: the window's days among its own +-1
+                    current = [(*f, kinds[i + 1][2] + day.strftime(day_fmt)) for f, fd in folder for day in days if abs((day - fd).days) <= 1]
+                else:
+                    current = [f for f, _ in folder]
                 timed = True
                 break  # the day folder is listed whole: its frame folders and times are decided over all of it
             if (kind == "ts" or (kind == "field" and name == "ts")) and time_ok and day_fmt is not None:
