@@ -140,7 +140,6 @@ def _features(spark, out) -> list[tuple]:
     return sorted(tuple(r) for r in df.select("uri", "video_id", "frame_idx", F.unix_micros("frame_ts"), "features").collect())
 
 
-@pytest.mark.slow
 def test_nights_by_day_equal_a_run_from_scratch_and_prune_only_what_they_list(spark, s3_endpoint, s3_client, bucket, day_archive, tmp_path, test_conf_args):
     common = ["--layout", LAYOUT, *test_conf_args, "--set", "featurizer.image_size=32", "--set", "featurizer.warm_up=false", "--set", "job.max_error_fraction=0.5"]
     nightly, scratch = tmp_path / "nightly", tmp_path / "scratch"
@@ -167,7 +166,6 @@ def test_nights_by_day_equal_a_run_from_scratch_and_prune_only_what_they_list(sp
     assert f"{day_archive}/cam1/2026-11-21/v1/frame_2.jpg" not in uris and f"{day_archive}/cam1/2026-11-20/v1/frame_2.jpg" in uris
 
 
-@pytest.mark.slow
 def test_inventory_report_lists_like_a_live_listing(spark, s3_client, bucket, day_archive, tmp_path, test_conf_args):
     versions = s3_client.list_object_versions(Bucket=bucket)
     manifest = put_report(s3_client, bucket, bucket, "CSV", CSV_FIELDS, csv_report(bucket, versions))
