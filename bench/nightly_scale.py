@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.results_io import RESULTS, write_results  # noqa: E402
+from bench.train_memory import status_mb  # noqa: E402
 
 CAMERAS = 20
 PER_CAMERA_DAY = 500
@@ -117,23 +118,15 @@ def add_night(root: Path, day: date) -> None:
 
 
 _DRIVER = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from vidspark.cli import main
 code = main(sys.argv[2:])
 wall = time.perf_counter() - t0
-print("BENCH " + json.dumps({"code": code, "wall_s": wall, "py_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+sys.path.insert(0, sys.argv[1])
+from bench.train_memory import status_mb  # VmHWM: ru_maxrss would carry the forking benchmark's own peak over exec
+print("BENCH " + json.dumps({"code": code, "wall_s": wall, "py_peak_mb": status_mb("VmHWM")}))
 """
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _children(pid: int) -> list[int]:
@@ -150,7 +143,7 @@ def poll_jvm_peak_mb(proc: subprocess.Popen[str]) -> float:
         for child in _children(proc.pid):
             try:
                 if "java" in Path(f"/proc/{child}/comm").read_text():
-                    peak = max(peak, _rss_mb(child))
+                    peak = max(peak, status_mb("VmRSS", child) or 0)
             except OSError:
                 pass
         time.sleep(0.2)
@@ -164,7 +157,7 @@ def run_night(src: Path, layout: str, root: Path, out: Path, day: date, run_id: 
     env = {**os.environ, "PYTHONPATH": str(src), "PYSPARK_PYTHON": sys.executable}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
-        proc = subprocess.Popen([sys.executable, "-c", _DRIVER, "x", *argv], stdout=out_f, stderr=err_f, text=True, env=env, cwd=src)
+        proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(REPO), *argv], stdout=out_f, stderr=err_f, text=True, env=env, cwd=src)
         jvm_peak = poll_jvm_peak_mb(proc)
         total = time.perf_counter() - t0
         out_f.seek(0)

@@ -150,7 +150,7 @@ def _mb(n_bytes: float) -> int:
     return round(n_bytes / 2**20)
 
 
-def _status_mb(field: str, pid: int | str = "self") -> int | None:
+def status_mb(field: str, pid: int | str = "self") -> int | None:
     """``VmHWM`` (peak resident memory) or ``VmRSS`` of a process, MB.
 
     Not ``ru_maxrss``: a child started by fork and exec inherits its parent's peak in it (Linux keeps
@@ -168,7 +168,7 @@ def _status_mb(field: str, pid: int | str = "self") -> int | None:
 
 
 def _peak_mb() -> int:
-    return _status_mb("VmHWM") or 0
+    return status_mb("VmHWM") or 0
 
 
 def _reset_peak() -> None:
@@ -183,7 +183,7 @@ def _jvm_peak_mb() -> int | None:
         try:
             text = stat.read_text()
             if int(text.rsplit(")", 1)[1].split()[1]) == os.getpid() and "(java)" in text:
-                return _status_mb("VmHWM", stat.parent.name)
+                return status_mb("VmHWM", stat.parent.name)
         except (OSError, IndexError, ValueError):
             continue
     return None
@@ -202,7 +202,7 @@ def child(mode: str, store: str, *, max_rows: int, fit_rounds: int, spark_conf: 
     spark.sparkContext.setLogLevel("ERROR")
     try:
         features_df = read_table(spark, store, FEATURES_SCHEMA)
-        out: dict[str, Any] = {"mode": mode, "python_start_mb": _status_mb("VmRSS")}
+        out: dict[str, Any] = {"mode": mode, "python_start_mb": status_mb("VmRSS")}
         _reset_peak()
         t0 = time.perf_counter()
         gather = old_gather if mode == "old" else gather_labeled
@@ -212,7 +212,7 @@ def child(mode: str, store: str, *, max_rows: int, fit_rounds: int, spark_conf: 
             dim=int(data.X.shape[1]),
             gather_s=round(time.perf_counter() - t0, 2),
             gather_peak_mb=_peak_mb(),
-            holding_X_mb=_status_mb("VmRSS"),
+            holding_X_mb=status_mb("VmRSS"),
             X_dtype=str(data.X.dtype),
             spark_conf={k: conf[k] for k in sorted(conf) if k.startswith("spark.driver") or "arrow" in k or "Partition" in k},
         )

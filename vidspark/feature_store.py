@@ -42,14 +42,14 @@ def stored_objects(spark: SparkSession, features: str, featurizer: str, *, camer
     )
 
 
-def unchanged(row_etag: Column | None = None) -> Column:
+def unchanged() -> Column:
     """Condition on a work row joined with its stored object: the store holds it as it is.
 
     Same ETag and featurizer, and the same identity: camera, label and object time for every object,
     and for a still also its video, index and time (a frame inserted before it, or a folder whose
     earliest frame changed, moves it). An object whose identity changed is featurized again like a changed one.
     """
-    etag = row_etag if row_etag is not None else F.col("etag")
+    etag = F.col("etag")
     same = (
         (F.col("current") == 1)
         & (F.col("etag_lo") == etag)

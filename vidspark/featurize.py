@@ -113,7 +113,7 @@ def featurize(
     layout = Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)
     sel = selection or Selection()
     plan = plan_listing(layout, since=sel.since, until=sel.until, cameras=sel.cameras, gap_seconds=conf.events.gap_seconds)
-    listing_df, listing = _listing(spark, location, client, plan, conf, inventory=inventory, s3_client=s3_client)
+    listing_df, listing = _listing(spark, location, client, plan, conf, inventory=inventory)
     inv = build_inventory(listing_df, layout, gap_seconds=conf.events.gap_seconds, selection=selection)
     with contextlib.ExitStack() as stack:
         stack.callback(inv.unpersist)
@@ -171,17 +171,16 @@ def featurize(
     return summary
 
 
-def _listing(spark: SparkSession, location: Location, client: Any, plan: ListingPlan, conf: Conf, *, inventory: str | None, s3_client: Any | None) -> tuple[DataFrame, dict[str, Any]]:
+def _listing(spark: SparkSession, location: Location, client: Any, plan: ListingPlan, conf: Conf, *, inventory: str | None) -> tuple[DataFrame, dict[str, Any]]:
     """The listing DataFrame (live, narrowed by the plan; or an S3 Inventory report filtered by it) and what it did."""
     t0 = time.perf_counter()
     if inventory:
-        inv_client = s3_client or (client if client is not None else (make_s3_client(conf.storage) if inventory.startswith("s3://") else None))
-        manifest = read_manifest(inventory, inv_client)
+        if location.scheme != "s3":
+            raise ConfigError(f"--inventory lists an S3 bucket; the input {location.uri} is not one")
+        manifest = read_manifest(inventory, client)  # the input's client: a report sits in the input's store
         missing = [f for f in ("size", "last_modified_date", "e_tag") if f not in manifest.fields]
         if missing:  # an object's time and ETag are what the selection and the nightly diff use
             raise ConfigError(f"inventory report {inventory} lacks {', '.join(missing)}: configure the S3 Inventory with the Size, LastModifiedDate and ETag fields")
-        if location.scheme != "s3":
-            raise ConfigError(f"--inventory lists an S3 bucket; the input {location.uri} is not one")
         df = inventory_listing(spark, manifest, conf.storage, bucket=location.bucket, prefix=location.prefix, parallelism=conf.input.list_parallelism)
         if not plan.whole:
             df = df.where(F.col("key").rlike(plan.regex()))

@@ -137,7 +137,7 @@ def plan_listing(
     for template, parts in zip(layout.alternatives, layout.parts, strict=True):
         kinds = [_component(c) for c in parts]
         names = [f for _, f, _ in kinds]
-        time_ok, why = _time_safe(names, gap_seconds=gap_seconds, since=since, ts_day_fmt=day_fmt, date_fmt=layout.date_format, ts_format=layout.ts_format)
+        time_ok, why = _time_safe(names, gap_seconds=gap_seconds, since=since, ts_day_fmt=day_fmt, ts_format=layout.ts_format)
 
         def narrows(k: tuple[str, str, str], last: bool, time_ok: bool = time_ok) -> bool:
             kind, name, _ = k
@@ -193,7 +193,7 @@ def _widened(days: list[date]) -> list[date]:
     return [days[0] - timedelta(days=1), *days, days[-1] + timedelta(days=1)] if days else days
 
 
-def _time_safe(names: list[str], *, gap_seconds: float | None, since: datetime | None, ts_day_fmt: str | None, date_fmt: str, ts_format: str) -> tuple[bool, str]:
+def _time_safe(names: list[str], *, gap_seconds: float | None, since: datetime | None, ts_day_fmt: str | None, ts_format: str) -> tuple[bool, str]:
     """Whether narrowing this alternative by time keeps every frame's identity, and why not."""
     if since is None:
         return False, "no --since, or a window too long"
