@@ -131,9 +131,8 @@ def plan_listing(
         if len(days) > MAX_DAYS:
             notes.append(f"a window of {len(days)} days is longer than {MAX_DAYS}: listed without narrowing by day (give --until, or run it in parts)")
             since, days = None, []
-    day_fmt = day_prefix_format(layout.ts_format)
-    if "%z" in layout.ts_format or "%Z" in layout.ts_format:
-        day_fmt = None  # a key's day is then a local one: it cannot be mapped to UTC days by prefix
+    zoned = "%z" in layout.ts_format or "%Z" in layout.ts_format
+    day_fmt = None if zoned else day_prefix_format(layout.ts_format)  # a zoned key's day is a local one: no UTC day prefix
     for template, parts in zip(layout.alternatives, layout.parts, strict=True):
         kinds = [_component(c) for c in parts]
         names = [f for _, f, _ in kinds]
@@ -141,7 +140,7 @@ def plan_listing(
 
         def narrows(k: tuple[str, str, str], last: bool, time_ok: bool = time_ok) -> bool:
             kind, name, _ = k
-            if kind == "ts" or (kind == "field" and name == "ts"):
+            if _is_ts(k):
                 return time_ok and day_fmt is not None
             if kind == "field" and name == "date":
                 return time_ok
@@ -162,16 +161,16 @@ def plan_listing(
                 # Keys are selected by a {ts} that carries its own day (or a zone) when the layout has one: a day
                 # folder may hold times of the day before or after (a clip across midnight, a local-time folder),
                 # so a day more is listed on each side; a {ts} file name right below is narrowed by its day prefix.
-                own_day = "ts" in names and (has_date(layout.ts_format) or "%z" in layout.ts_format or "%Z" in layout.ts_format)
+                own_day = "ts" in names and (has_date(layout.ts_format) or zoned)
                 folder: list[tuple[Pattern, date]] = [((*p, d.strftime(layout.date_format) + ("" if last else "/")), d) for p in current for d in (_widened(days) if own_day else days)]
-                ts_file_next = i + 1 == len(parts) - 1 and (kinds[i + 1][0] == "ts" or kinds[i + 1][:2] == ("field", "ts"))
+                ts_file_next = i + 1 == len(parts) - 1 and _is_ts(kinds[i + 1])
                 if own_day and day_fmt is not None and ts_file_next:  # each folder: the window's days among its own +-1
                     current = [(*f, kinds[i + 1][2] + day.strftime(day_fmt)) for f, fd in folder for day in days if abs((day - fd).days) <= 1]
                 else:
                     current = [f for f, _ in folder]
                 timed = True
                 break  # the day folder is listed whole: its frame folders and times are decided over all of it
-            if (kind == "ts" or (kind == "field" and name == "ts")) and time_ok and day_fmt is not None:
+            if _is_ts((kind, name, lit)) and time_ok and day_fmt is not None:
                 current = [(*p, lit + d.strftime(day_fmt)) for p in current for d in days]
                 timed = True
                 break
@@ -187,6 +186,11 @@ def plan_listing(
             notes.append(f"layout {template!r} cannot narrow the listing by camera (no {{camera_id}} folder)")
         patterns.extend(_strip(p) for p in current)
     return ListingPlan(_dedupe(patterns), tuple(notes), (days[0], days[-1]) if all_timed and days else None)
+
+
+def _is_ts(component: tuple[str, str, str]) -> bool:
+    """A component that is, or starts after literal text with, ``{ts}`` (as :func:`_component` classifies it)."""
+    return component[0] == "ts" or component[:2] == ("field", "ts")
 
 
 def _widened(days: list[date]) -> list[date]:
