@@ -89,7 +89,7 @@ def test_a_failed_weights_download_is_one_clear_error(monkeypatch, tmp_path):
     import socket
 
     from vidspark.backbone import build_model
-    from vidspark.errors import ModelError
+    from vidspark.errors import WeightsUnavailable
 
     with socket.socket() as s:  # a port that was free a moment ago: connections to it are refused
         s.bind(("127.0.0.1", 0))
@@ -98,5 +98,5 @@ def test_a_failed_weights_download_is_one_clear_error(monkeypatch, tmp_path):
         monkeypatch.setenv(var, f"http://127.0.0.1:{port}")
     monkeypatch.setenv("NO_PROXY", "")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nothing cached
-    with pytest.raises(ModelError, match="could not download the ImageNet ResNet50 weights.*featurizer.weights.*(refused|Errno 111)"):
+    with pytest.raises(WeightsUnavailable, match="could not download the ImageNet ResNet50 weights.*featurizer.weights.*(refused|Errno 111)"):
         build_model(FeaturizerConf(weights="imagenet", image_size=32))

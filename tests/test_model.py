@@ -111,3 +111,53 @@ def test_a_model_directory_at_a_hadoop_uri_round_trips(spark, tmp_path):
         load_model_dir(uri)
     with pytest.raises(ModelError, match="does not exist"):
         load_model_dir((tmp_path / "nowhere").as_uri(), spark=spark)
+
+
+def _booster(n_classes: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(200, 16)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int) if n_classes == 2 else np.digitize(X[:, 0], [-0.5, 0.5])
+    meta = {"classes": [f"c{i}" for i in range(n_classes)], "feature_dim": 16, "featurizer": "resnet50/random-seed0@224"}
+    return fit_booster(lgb_params(TrainConf(), n_classes), X, y, num_boost_round=10 + seed).model_to_string(), meta
+
+
+def test_a_model_on_s3_commits_with_one_put_and_keeps_the_previous_booster(s3_client, bucket):
+    """On the loopback S3 server: model.json (written last) names an immutable booster file; a reader of the old model.json still finds its file."""
+    from vidspark.config import StorageConf
+
+    uri, storage = f"s3://{bucket}/models/cars", StorageConf()
+    names = lambda: sorted(o["Key"].rsplit("/", 1)[1] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="models/cars/").get("Contents", ()))  # noqa: E731
+    first, meta = _booster(2, 1)
+    save_model_dir(uri, model_str=first, meta=meta, cv_report={"n": 1}, write_extra=lambda d: (d / "confusion_matrix.png").write_bytes(b"png"), storage=storage)
+    old_meta = json.loads(s3_client.get_object(Bucket=bucket, Key="models/cars/model.json")["Body"].read())
+    assert names() == ["confusion_matrix.png", "cv_report.json", old_meta["model_file"], "model.json"]
+    assert load_model_dir(uri, storage=storage).model_str == first
+    second, meta3 = _booster(3, 2)
+    save_model_dir(uri, model_str=second, meta=meta3, cv_report={"n": 2}, storage=storage)
+    model = load_model_dir(uri, storage=storage)
+    assert model.classes == ["c0", "c1", "c2"] and model.model_str == second
+    old = s3_client.get_object(Bucket=bucket, Key="models/cars/" + old_meta["model_file"])["Body"].read().decode()
+    assert old == first  # a reader that read the first model.json a moment ago loads the first model whole
+    third, meta = _booster(2, 3)
+    save_model_dir(uri, model_str=third, meta=meta, cv_report={}, storage=storage)
+    boosters = [n for n in names() if n.startswith("model-")]
+    assert len(boosters) == 2 and old_meta["model_file"] not in boosters  # the current one and the one before
+    s3_client.put_object(Bucket=bucket, Key="models/cars/" + json.loads(s3_client.get_object(Bucket=bucket, Key="models/cars/model.json")["Body"].read())["model_file"], Body=b"tree\n")
+    with pytest.raises(ModelError, match="checksum"):
+        load_model_dir(uri, storage=storage)
+    with pytest.raises(ModelError, match="no model.json"):
+        load_model_dir(f"s3://{bucket}/models/none", storage=storage)
+
+
+def test_a_model_uri_without_a_filesystem_is_refused_clearly(spark, tmp_path):
+    from vidspark.errors import StorageError
+
+    model_str, meta = _booster(2, 1)
+    with pytest.raises(StorageError, match=r"no Hadoop FileSystem for 's3a://' \(org.apache.hadoop.fs.s3a.S3AFileSystem is not on the classpath\) \(add its connector jar"):
+        save_model_dir("s3a://bucket/models/m", model_str=model_str, meta=meta, cv_report={}, spark=spark)
+    with pytest.raises(StorageError, match="no Hadoop FileSystem for 'gs://'"):
+        load_model_dir("gs://bucket/models/m", spark=spark)
+    uri = (tmp_path / "viahadoop").as_uri()  # file:// through Hadoop: renamed into place
+    save_model_dir(uri, model_str=model_str, meta=meta, cv_report={}, spark=spark)
+    assert sorted(p.name for p in (tmp_path / "viahadoop").iterdir() if not p.name.startswith(".")) == ["cv_report.json", "model.json", "model.txt"]
+    assert load_model_dir(uri, spark=spark).model_str == model_str

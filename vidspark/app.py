@@ -24,10 +24,54 @@ logger = logging.getLogger(__name__)
 MIN_JAVA = 17
 
 
-def configure_logging(level: str = "INFO") -> None:
+# Spark settings every session gets unless the conf's spark: section, spark-submit or spark-defaults.conf sets them.
+SPARK_DEFAULTS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+# And on a local master (the embedded run): conf/local.yaml's spark: section lists exactly these.
+LOCAL_SPARK_DEFAULTS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    "spark.driver.memory": "4g",
+}
+LOG4J2_FILE = Path(__file__).with_name("log4j2.properties")
+_LOG4J_NAMES = ("log4j2.properties", "log4j2.xml", "log4j2.yaml", "log4j2.yml", "log4j2.json", "log4j2-test.properties")
+
+
+def configure_logging(level: str = "INFO", *, framework_logs: bool = False) -> None:
+    """Python logging to stderr at ``level``; TensorFlow/absl/CUDA start-up notices off unless ``framework_logs``.
+
+    The switch travels in ``VIDSPARK_FRAMEWORK_LOGS``, which local Python workers inherit and
+    :func:`build_session` hands to cluster executors.
+    """
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "botocore", "urllib3", "matplotlib", "h5py", "absl"):
+    for noisy in ("py4j", "botocore", "urllib3", "matplotlib", "h5py", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if framework_logs:
+        os.environ["VIDSPARK_FRAMEWORK_LOGS"] = "1"
+    else:
+        os.environ.pop("VIDSPARK_FRAMEWORK_LOGS", None)
+
+
+def user_log4j_config(spark_conf: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str | None:
+    """The user's own log4j2 configuration, if they have one (vidspark then leaves Spark's logging alone).
+
+    Found in ``-Dlog4j2.configurationFile`` of ``spark.driver.extraJavaOptions`` (conf or
+    ``SPARK_SUBMIT_OPTS``), or as a log4j2 file in ``$SPARK_CONF_DIR`` (else ``$SPARK_HOME/conf``).
+    """
+    env = os.environ if environ is None else environ
+    for text in (str(spark_conf.get("spark.driver.extraJavaOptions", "")), env.get("SPARK_SUBMIT_OPTS", ""), env.get("JAVA_TOOL_OPTIONS", "")):
+        m = re.search(r"-Dlog4j2?\.configurationFile=(\S+)", text)
+        if m and m.group(1) != LOG4J2_FILE.as_uri():  # vidspark's own file is not the user's
+            return m.group(1)
+    conf_dir = env.get("SPARK_CONF_DIR") or (os.path.join(env["SPARK_HOME"], "conf") if env.get("SPARK_HOME") else None)
+    if conf_dir:
+        for name in _LOG4J_NAMES:
+            if os.path.isfile(os.path.join(conf_dir, name)):
+                return os.path.join(conf_dir, name)
+    return None
 
 
 def under_spark_submit() -> bool:
@@ -106,22 +150,58 @@ def build_session(app_name: str, *, master: str | None, spark_conf: Mapping[str,
     """
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name)
-    if master or not under_spark_submit():
+    submitted = under_spark_submit()
+    if master or not submitted:
         master = master or "local[*]"
-        builder = builder.master(master)
         if master.startswith("local"):
             # Local workers must run this interpreter (the venv), not whatever python3 is on PATH.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            cpus = local_task_cpus(master)
-            if cpus and "spark.task.cpus" not in spark_conf:
-                builder = builder.config("spark.task.cpus", str(cpus))
-    for key, value in spark_conf.items():
-        builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
+    settings = session_settings(master, spark_conf, given=_submitted_settings() if submitted else set(), submitted=submitted)
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    own_log4j = user_log4j_config(settings)
+    if own_log4j is None:
+        spark.sparkContext.setLogLevel("WARN")
+    else:
+        logger.info("Spark logging: your log4j2 configuration %s", own_log4j)
     return spark
+
+
+def session_settings(
+    master: str | None, spark_conf: Mapping[str, Any], *, given: set[str] | frozenset[str] = frozenset(), submitted: bool = False, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The Spark settings vidspark hands the session builder: the conf's ``spark:`` section over the built-in defaults.
+
+    Defaults (:data:`SPARK_DEFAULTS`, and :data:`LOCAL_SPARK_DEFAULTS` on a local master) yield to
+    the conf and to keys spark-submit already set (``given``); a local run also gets
+    ``spark.task.cpus`` from :func:`local_task_cpus` and vidspark's log4j2 file when the user has none.
+    """
+    env = os.environ if environ is None else environ
+    settings = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spark_conf.items()}
+    local = bool(master) and str(master).startswith("local")
+    defaults = {**SPARK_DEFAULTS, **(LOCAL_SPARK_DEFAULTS if local else {})}
+    if local:
+        cpus = local_task_cpus(str(master))
+        if cpus:
+            defaults["spark.task.cpus"] = str(cpus)
+        if not submitted and user_log4j_config(settings, env) is None and "spark.driver.extraJavaOptions" not in settings:
+            defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_FILE.as_uri()}"  # WARN and up, no start-up banner
+    if env.get("VIDSPARK_FRAMEWORK_LOGS") == "1":
+        defaults["spark.executorEnv.VIDSPARK_FRAMEWORK_LOGS"] = "1"
+    return {**{k: v for k, v in defaults.items() if k not in given}, **settings}
+
+
+def _submitted_settings() -> set[str]:
+    """Keys spark-submit already set (its --conf flags, --properties-file, spark-defaults.conf): they win over vidspark's defaults."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # type: ignore[attr-defined]  # connects to spark-submit's gateway; sets nothing
+    return {k for k, _ in SparkConf().getAll()}
 
 
 def new_run_id(job: str) -> str:

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from vidspark.config import FeaturizerConf, StorageConf
-from vidspark.errors import ConfigError, ModelError
+from vidspark.config import IMAGENET_NOTOP_FILE, IMAGENET_NOTOP_MD5, FeaturizerConf, StorageConf
+from vidspark.errors import ConfigError, ModelError, WeightsUnavailable
 from vidspark.storage import split_s3_uri
+from vidspark.tfquiet import import_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,48 @@ def featurizer_id(conf: FeaturizerConf, storage: StorageConf | None = None, *, s
                 digest.update(block)
         wid = "file-" + digest.hexdigest()[:16]
     return f"{conf.backbone}/{wid}@{conf.image_size}"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights: ``$KERAS_HOME/models``, else ``~/.keras/models``."""
+    return Path(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")).expanduser() / "models"
+
+
+def resolve_weights(conf: FeaturizerConf, storage: StorageConf | None = None, *, s3_client: Any | None = None, timeout: float = 10.0) -> str:
+    """Where the weights will come from, as one line, checked from the driver without TensorFlow.
+
+    ``imagenet``: the Keras cache, else a HEAD request to ``featurizer.imagenet_url`` (through the
+    proxies of the environment, as Keras' own download goes); a local path or ``s3://`` object: it
+    exists. Executors see their own network and cache: this says what the driver sees.
+
+    Raises
+    ------
+    WeightsUnavailable
+        ImageNet weights neither cached nor downloadable (exit code 5).
+    ConfigError
+        A weights path or object that does not exist (exit code 2).
+    """
+    w = conf.weights
+    if w == "random":
+        return f"random (seed {conf.seed}): for tests; the features mean nothing"
+    if w == "imagenet":
+        cached = keras_cache_dir() / IMAGENET_NOTOP_FILE
+        if cached.is_file():
+            return f"imagenet, cached at {cached}"
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(urllib.request.Request(conf.imagenet_url, method="HEAD"), timeout=timeout):
+                pass
+        except Exception as exc:  # URLError, HTTPError, socket timeouts, proxy errors
+            reason = getattr(exc, "reason", None) or exc
+            raise WeightsUnavailable(
+                f"featurizer.weights=imagenet: {IMAGENET_NOTOP_FILE} is not in the Keras cache ({cached.parent}) and {conf.imagenet_url} "
+                f"cannot be reached ({reason}): put the file on a path every executor sees or in S3 and set featurizer.weights to it, "
+                "or set featurizer.imagenet_url to a mirror"
+            ) from exc
+        return f"imagenet, downloadable from {conf.imagenet_url} (each machine caches it once)"
+    return f"{w} ({featurizer_id(conf, storage, s3_client=s3_client)})"
 
 
 def _fetch_weights(uri: str, conf: FeaturizerConf, storage: StorageConf) -> str:
@@ -181,8 +224,7 @@ def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any
     ModelError
         If ImageNet weights cannot be downloaded or a weights file cannot be loaded.
     """
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     configure_threads(tf, conf)
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(_POLICIES[conf.precision])
@@ -200,14 +242,15 @@ def _build(tf: Any, conf: FeaturizerConf, storage: StorageConf | None) -> Any:
         _seeded_init(model, conf.seed)
         return model
     if w == "imagenet":
-        try:
-            return tf.keras.applications.ResNet50(include_top=False, weights="imagenet", pooling="avg", input_shape=shape)
+        try:  # what Keras' weights="imagenet" does, from featurizer.imagenet_url (a mirror on air-gapped clusters)
+            path = tf.keras.utils.get_file(IMAGENET_NOTOP_FILE, conf.imagenet_url, cache_subdir="models", file_hash=IMAGENET_NOTOP_MD5)
         except Exception as exc:  # urllib/HTTP/OS errors differ by platform
-            raise ModelError(
-                "could not download the ImageNet ResNet50 weights (no route to the model hub?): put "
-                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 on a path every executor sees or in S3 and set "
-                f"featurizer.weights to it; featurizer.weights=random only for tests. Cause: {type(exc).__name__}: {exc}"
+            raise WeightsUnavailable(
+                f"could not download the ImageNet ResNet50 weights from {conf.imagenet_url} (no route to the model hub?): put "
+                f"{IMAGENET_NOTOP_FILE} on a path every executor sees or in S3 and set featurizer.weights to it, or set "
+                f"featurizer.imagenet_url to a mirror; featurizer.weights=random only for tests. Cause: {type(exc).__name__}: {exc}"
             ) from exc
+        return tf.keras.applications.ResNet50(include_top=False, weights=path, pooling="avg", input_shape=shape)
     path = _fetch_weights(w, conf, storage or StorageConf()) if w.startswith("s3://") else str(Path(w).expanduser())
     try:
         return tf.keras.applications.ResNet50(include_top=False, weights=path, pooling="avg", input_shape=shape)
@@ -223,8 +266,7 @@ class Featurizer:
     """
 
     def __init__(self, conf: FeaturizerConf, storage: StorageConf | None = None, *, gpu_address: str | None = None) -> None:
-        import tensorflow as tf
-
+        tf = import_tensorflow()
         t0 = time.perf_counter()
         self.conf = conf
         self.import_s = 0.0
@@ -237,6 +279,7 @@ class Featurizer:
         self._fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), input_signature=[spec], jit_compile=conf.xla)
         self._tf = tf
         self.build_s = time.perf_counter() - t0
+        self.versions = f"tensorflow {tf.__version__}, keras {tf.keras.__version__}"
         t1 = time.perf_counter()
         self(np.zeros((min(conf.batch_size, 2) if not conf.xla else conf.batch_size, conf.image_size, conf.image_size, 3), np.uint8))
         self.warm_s = time.perf_counter() - t1  # tracing and graph optimisation of the first call
@@ -275,7 +318,7 @@ def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Fe
         if model is None:
             logger.info("building %s featurizer in pid %d (gpu %s)", conf.backbone, os.getpid(), gpu)
             t0 = time.perf_counter()
-            import tensorflow  # noqa: F401  (timed apart: the largest part of a fresh worker's start)
+            import_tensorflow()  # timed apart: the largest part of a fresh worker's start
 
             import_s = time.perf_counter() - t0
             model = _MODELS[key] = Featurizer(conf, storage, gpu_address=gpu)

@@ -26,6 +26,12 @@ _SECRET_KEY = re.compile(r"(secret|passw|token|credential|private|access[_.-]?ke
 REDACTED = "***"
 
 
+# Where Keras downloads the ImageNet ResNet50 "notop" weights from (keras.applications.resnet).
+IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_NOTOP_FILE
+IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+
+
 @dataclass(frozen=True)
 class InputConf:
     """How object keys map to fields (see :mod:`vidspark.layout`)."""
@@ -64,6 +70,7 @@ class FeaturizerConf:
     max_image_pixels: int = 89_478_485
     decode_timeout_s: float = 120.0
     cache_dir: str | None = None
+    imagenet_url: str = IMAGENET_NOTOP_URL
     precision: str = "float32"
     xla: bool = False
     warm_up: bool = True
@@ -102,6 +109,8 @@ class JobConf:
 
     max_error_fraction: float = 0.05
     rows_per_task: int = 256
+    progress_seconds: float = 30.0  # a progress line this often while featurize and predict run; 0 = none
+    framework_logs: bool = False  # true: TensorFlow/absl/CUDA start-up notices as they come (off: filtered out)
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "events.gap_seconds": (0.0, None),
     "job.max_error_fraction": (0.0, 1.0),
     "job.rows_per_task": (1, None),
+    "job.progress_seconds": (0.0, None),
     "train.folds": (2, 100),
     "train.num_boost_round": (1, 100_000),
     "train.early_stopping_rounds": (0, 100_000),
@@ -361,6 +371,11 @@ def load_conf(path: str | Path | None = None, overrides: Iterable[str] = ()) -> 
     return from_dict(raw)
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a conf or Spark key looks like it holds a secret (its value is never logged or recorded)."""
+    return bool(_SECRET_KEY.search(key))
+
+
 def redacted(conf: Conf) -> dict[str, Any]:
     """Nested dict of the conf with secret-looking keys replaced by ``***``."""
 
@@ -373,7 +388,7 @@ def redacted(conf: Conf) -> dict[str, Any]:
 
 
 def log_effective(conf: Conf) -> None:
-    """Log every effective conf value once at job start, secrets redacted."""
+    """Log every effective conf value once at job start (DEBUG; the run record keeps them too), secrets redacted."""
     for section, values in redacted(conf).items():
         for key, value in sorted(values.items()):
-            logger.info("conf %s = %r", key if section == "spark" else f"{section}.{key}", value)
+            logger.debug("conf %s = %r", key if section == "spark" else f"{section}.{key}", value)

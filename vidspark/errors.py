@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_STORAGE = 3
 EXIT_ERROR_FRACTION = 4
+EXIT_ENVIRONMENT = 5
 
 
 class VidsparkError(Exception):
@@ -29,9 +30,13 @@ class LayoutError(ConfigError):
 
 
 class EnvironmentProblem(VidsparkError):
-    """The machine lacks something vidspark needs (Java, a library)."""
+    """The machine lacks something vidspark needs (Java, a library, the model weights)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = EXIT_ENVIRONMENT
+
+
+class WeightsUnavailable(EnvironmentProblem):
+    """The featurizer's weights cannot be had: not cached, hub unreachable, file missing."""
 
 
 class StorageError(VidsparkError):
@@ -64,6 +69,27 @@ MESSAGE_LIMIT = 2000
 def error_message(exc: BaseException | str) -> str:
     """An exception's text as an ``errors`` row keeps it: at most :data:`MESSAGE_LIMIT` characters."""
     return str(exc)[:MESSAGE_LIMIT]
+
+
+def known_failure(exc: BaseException) -> VidsparkError | None:
+    """The vidspark error inside an exception that Spark raised for a failed task, if there is one.
+
+    An executor's ``ModelError`` reaches the driver as a ``PythonException`` (or a ``Py4JJavaError``)
+    whose text holds the worker's traceback ending in ``vidspark.errors.ModelError: ...``; the
+    job then ends with that one line and that class's exit code, not the stack traces around it.
+    """
+    if isinstance(exc, VidsparkError):
+        return exc
+    import re
+
+    found = re.findall(r"vidspark\.errors\.(\w+): ([^\n]+)", str(exc))
+    if not found:
+        return None
+    name, message = found[-1]
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, VidsparkError)):
+        return None
+    return cls(message.strip())
 
 
 _BUG_TYPES = (NameError, AttributeError, TypeError, AssertionError, ImportError)

@@ -27,11 +27,12 @@ from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.feature_store import StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
-from vidspark.frames import TaskStats, with_features, with_segments
+from vidspark.frames import VERSIONS_KEY, TaskStats, with_features, with_segments
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout
 from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
 from vidspark.outputs import partition_path, recover_table, replace_partitions, sibling
+from vidspark.progress import Progress
 from vidspark.s3_inventory import inventory_listing, read_manifest
 from vidspark.schemas import FEATURES_SCHEMA, WORK_SCHEMA
 from vidspark.storage import Location, check_readable, make_s3_client, parse_uri
@@ -71,6 +72,7 @@ def featurize(
     selection: Selection | None = None,
     inventory: str | None = None,
     on_partitions: Callable[[list[tuple[str, str]]], None] | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Featurize the objects under ``input_uri`` into the feature store ``output`` and errors/.
 
@@ -90,6 +92,9 @@ def featurize(
     on_partitions
         Called with the affected partitions before the feature store changes (``run`` records them,
         so that a run killed after the swap still recomputes their predictions).
+    dry_run
+        List, parse and diff with the store, then stop: the summary says what a run would featurize,
+        featurize again, skip and prune (``would_prune`` previews ``--prune`` whether or not it is given).
 
     Returns
     -------
@@ -118,7 +123,8 @@ def featurize(
     with contextlib.ExitStack() as stack:
         stack.callback(inv.unpersist)
         counts = inv.counts()
-        recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
+        if not dry_run:  # a dry run changes nothing
+            recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
         feat_id = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
         timings = {"list_s": time.perf_counter() - t0}
         c = counts
@@ -127,11 +133,32 @@ def featurize(
         t_inc = time.perf_counter()
         from_date = plan.time_window[0] - timedelta(days=1) if plan.time_window and not inventory else None
         stored = stored_objects(spark, output, feat_id, cameras=sel.cameras, from_date=from_date)
-        scope = _prune_scope(location, plan) if prune else None
+        scope = _prune_scope(location, plan) if prune or (dry_run and not inventory) else None
         diff = diff_with_store(inv.rows, inv.parsed.select("uri"), stored, full=full, prune_scope=scope)
         stack.callback(diff.unpersist)
         timings["incremental_s"] = time.perf_counter() - t_inc
         d = diff.counts
+        if dry_run:
+            logger.info(
+                "dry run: would featurize %d objects (%d of them again, changed), skip %d unchanged, prune %d%s", d["todo"], d["changed"], d["skipped"], d["pruned"], "" if prune else " with --prune"
+            )
+            return {
+                "dry_run": True,
+                "input": input_uri,
+                "features": output,
+                "featurizer": feat_id,
+                "listing": listing,
+                "listed": c["listed"],
+                "selected": c["selected"] + c["layout_errors"],
+                "videos": c["videos"],
+                "layout_errors": c["layout_errors"],
+                "would_featurize": d["todo"],
+                "would_featurize_again": d["changed"],
+                "would_skip_unchanged": d["skipped"],
+                "would_prune": d["pruned"],
+                "prune": prune,
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+            }
         logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", d["skipped"], d["todo"], d["changed"], d["pruned"])
         if diff.counts["todo"] and conf.featurizer.warm_up:  # the model builds in every worker while the videos are probed
             stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats))
@@ -163,7 +190,8 @@ def featurize(
         "error_fraction": (n_errors / counts["listed"]) if counts["listed"] else 0.0,
         "partitions": [{"camera_id": c, "date": d, **outcome.partition_counts.get((c, d), {"frames": 0, "objects": 0})} for c, d in outcome.partitions],
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items())},
+        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items()) if not k.startswith(VERSIONS_KEY)},
+        "executor_versions": {k[len(VERSIONS_KEY) :]: int(v) for k, v in sorted(dict(stats.value).items()) if k.startswith(VERSIONS_KEY)},
         "task_slots": task_slots(spark),
     }
     logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", outcome.frames, outcome.ok_objects, diff.counts["skipped"])
@@ -269,7 +297,9 @@ def _featurize_and_write(
         if result_df is not None:
             # Counts per partition and per outcome, aggregated on the executors: nothing per object comes to the driver.
             ok = F.col("stage").isNull()
-            parts = result_df.where(ok).groupBy("camera_id", "date").agg(F.count(F.lit(1)).alias("frames"), F.countDistinct("uri").alias("objects")).collect()
+            counts = lambda: {"frames": 0.0, "errors": 0.0, "tasks": 0.0, **dict(stats.value)}  # noqa: E731 - read by the progress thread
+            with Progress("featurize", every=conf.job.progress_seconds, counts=counts, units_total=num_tasks, frames_total=n_work if n_still == n_work else None):
+                parts = result_df.where(ok).groupBy("camera_id", "date").agg(F.count(F.lit(1)).alias("frames"), F.countDistinct("uri").alias("objects")).collect()
             outcome.partition_counts = {(r["camera_id"], r["date"].isoformat()): {"frames": int(r["frames"]), "objects": int(r["objects"])} for r in parts}
             totals = result_df.agg(F.countDistinct(F.when(ok, F.col("uri"))).alias("ok"), F.countDistinct(F.when(~ok, F.col("uri"))).alias("failed")).collect()[0]
             outcome.ok_objects, task_errors = int(totals["ok"] or 0), int(totals["failed"] or 0)

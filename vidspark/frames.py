@@ -144,13 +144,17 @@ def make_probe_fn(vconf: VideoConf, sconf: StorageConf) -> Any:
     return plan_partition
 
 
+VERSIONS_KEY = "versions: "
+
+
 class TaskStats(AccumulatorParam):  # type: ignore[type-arg]
     """Spark accumulator of featurize task timings: keys ending in ``_max`` keep the maximum, others add up.
 
     Per task: ``tasks``, ``frames``, ``task_s`` (whole task), ``startup_s_max`` (task start to the
     model's first call: model build in a fresh worker, the first batch's fetches), ``model_s`` (in model calls),
     ``wait_s`` (model thread waiting for frames: fetch/decode could not keep up), ``decode_s``
-    (fetch and decode of images, summed over threads; videos decode in the producer thread).
+    (fetch and decode of images, summed over threads; videos decode in the producer thread),
+    ``errors`` (errors rows), and ``versions: tensorflow X, keras Y`` (tasks whose model those made).
     """
 
     def zero(self, value: dict[str, float]) -> dict[str, float]:
@@ -321,6 +325,7 @@ def _run_model(
     records = []
     if batch:
         model = cached_model(fconf, sconf)
+        timing[VERSIONS_KEY + getattr(model, "versions", "unknown")] = 1.0  # which TensorFlow/Keras made these features (run record: executor_versions)
         t0 = time.perf_counter()
         feats = featurize_arrays(model, np.stack([px for _, px in batch]), batch_size=fconf.batch_size)
         timing["model_s"] += time.perf_counter() - t0
@@ -333,6 +338,7 @@ def _run_model(
             else:
                 records.append({**ident, "features": vec, "featurizer": featurizer_id})
     records.extend(failed)
+    timing["errors"] = timing.get("errors", 0.0) + float(len(failed) + int(bad.sum() if batch else 0))
     out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
     out["frame_idx"] = out["frame_idx"].astype("int64")
     out["dropped_frames"] = out["dropped_frames"].astype("Int64")  # null for stills

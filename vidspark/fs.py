@@ -56,6 +56,21 @@ class FileSystem:
         finally:
             stream.close()
 
+    def read_bytes(self, path: str) -> bytes:
+        stream = self.raw.open(self.Path(path))
+        try:
+            return bytes(self.jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write one file in one go (on an object store: one PUT when the stream closes)."""
+        out = self.raw.create(self.Path(path), True)
+        try:
+            out.write(bytearray(data))
+        finally:
+            out.close()
+
     def write_text(self, path: str, text: str) -> None:
         """Write a small text file, atomically by rename where the store renames atomically (local, HDFS)."""
         target, tmp = self.Path(path), self.Path(path + ".tmp")

@@ -7,9 +7,11 @@ A model directory holds ``model.txt`` (LightGBM's native text, at its best itera
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -19,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from vidspark.errors import ModelError
+from vidspark.config import StorageConf
+from vidspark.errors import ModelError, StorageError
 from vidspark.fs import FileSystem, is_hadoop_uri
 
 MODEL_TXT = "model.txt"
@@ -74,6 +77,10 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# Hadoop filesystems whose rename is atomic: a model directory is staged beside its place and renamed in.
+RENAMING_SCHEMES = frozenset({"file", "hdfs", "viewfs", "webhdfs", "swebhdfs", "ofs", "o3fs"})
+
+
 def save_model_dir(
     model_dir: str | Path,
     *,
@@ -82,25 +89,156 @@ def save_model_dir(
     cv_report: dict[str, Any],
     write_extra: Callable[[Path], None] | None = None,
     spark: Any | None = None,
+    storage: StorageConf | None = None,
 ) -> str:
-    """Write a model directory: a local path atomically, or any Hadoop URI (``s3a://``, ``hdfs://``...) through ``spark``.
+    """Write a model directory so that a reader sees the previous complete model or the new one, never a mix.
 
-    A reader sees either the previous complete model or the new complete model, never a mix (on
-    object stores, whose renames are copies, a reader can briefly see the folder being moved).
+    - a local path, or a Hadoop URI whose renames are atomic (``hdfs://``, ``file://``...): built
+      in a sibling folder and renamed into place;
+    - ``s3://`` (through boto3, like the input) and Hadoop object stores (``s3a://``, ``gs://``,
+      ``abfs://``...), where a rename is a copy: the booster goes to an immutable
+      ``model-<sha256[:16]>.txt``, then ``model.json``, which names it, is written last in one PUT:
+      that single object is the commit. The previous model's file is kept (a reader that has just
+      read the old ``model.json`` still finds it); older ones are deleted.
 
     Raises
     ------
+    StorageError
+        A URI whose filesystem is not available here (no connector) or cannot be written.
     ModelError
-        If ``model_dir`` is a URI and no ``spark`` session is given to reach it.
+        A Hadoop URI and no ``spark`` session to reach it.
     """
-    if not is_hadoop_uri(str(model_dir)):
+    uri = str(model_dir)
+    if not is_hadoop_uri(uri):
         return str(_save_local(model_dir, model_str=model_str, meta=meta, cv_report=cv_report, write_extra=write_extra))
-    if spark is None:
-        raise ModelError(f"model directory {str(model_dir)!r} is a URI: it is written through Spark's Hadoop FileSystem, and no session was given")
+    store = model_store(uri, spark=spark, storage=storage)
     with tempfile.TemporaryDirectory(prefix="vidspark-model-") as local:
         built = _save_local(Path(local) / "model", model_str=model_str, meta=meta, cv_report=cv_report, write_extra=write_extra)
-        FileSystem(spark, str(model_dir)).put_dir(str(built), str(model_dir))
-    return str(model_dir)
+        if isinstance(store, _HadoopStore) and store.scheme in RENAMING_SCHEMES:
+            store.fs.put_dir(str(built), uri)
+            return uri
+        _commit(store, built)
+    return uri
+
+
+def _commit(store: _Store, built: Path) -> None:
+    """Object-store commit of a locally built model directory: extras, the content-addressed booster, ``model.json`` last."""
+    meta = json.loads((built / MODEL_JSON).read_text(encoding="utf-8"))
+    model_file = f"model-{meta['model_txt_sha256'][:16]}.txt"
+    previous = store.get(MODEL_JSON)
+    keep = {model_file}
+    if previous is not None:
+        with contextlib.suppress(ValueError, KeyError):
+            keep.add(json.loads(previous).get("model_file", MODEL_TXT))
+    for f in sorted(built.iterdir()):
+        if f.name not in (MODEL_TXT, MODEL_JSON):
+            store.put(f.name, f.read_bytes())
+    store.put(model_file, (built / MODEL_TXT).read_bytes())
+    store.put(MODEL_JSON, (json.dumps({**meta, "model_file": model_file}, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+    for name in store.names():
+        if (name == MODEL_TXT or (name.startswith("model-") and name.endswith(".txt"))) and name not in keep:
+            store.delete(name)
+
+
+class _Store:
+    """The files of one model directory on a store that is written object by object."""
+
+    def get(self, name: str) -> bytes | None:
+        raise NotImplementedError
+
+    def put(self, name: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError
+
+
+class _S3Store(_Store):
+    def __init__(self, uri: str, storage: StorageConf | None) -> None:
+        from vidspark.storage import cached_s3_client, split_s3_uri
+
+        self.uri = uri.rstrip("/")
+        self.bucket, prefix = split_s3_uri(self.uri)
+        self.prefix = prefix.rstrip("/") + "/" if prefix else ""
+        self.client = cached_s3_client(storage or StorageConf())
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"model directory {self.uri}: cannot {what}: {exc}") from exc
+
+    def get(self, name: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(f"model directory {self.uri}: cannot read {name}: {exc}") from exc
+
+    def put(self, name: str, data: bytes) -> None:
+        self._call(f"write {name}", lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data))
+
+    def names(self) -> list[str]:
+        pages = self._call("list", lambda: list(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/")))
+        return sorted(o["Key"][len(self.prefix) :] for page in pages for o in page.get("Contents", ()))
+
+    def delete(self, name: str) -> None:
+        self._call(f"delete {name}", lambda: self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name))
+
+
+class _HadoopStore(_Store):
+    def __init__(self, uri: str, spark: Any) -> None:
+        self.uri = uri.rstrip("/")
+        self.scheme = uri.split("://", 1)[0].lower()
+        try:
+            self.fs = FileSystem(spark, self.uri)
+        except Exception as exc:  # py4j wraps Hadoop's UnsupportedFileSystemException
+            text = str(exc)
+            if any(m in text for m in ("No FileSystem for scheme", "UnsupportedFileSystemException", "ClassNotFoundException")):
+                missing = re.search(r"Class (\S+) not found", text)
+                raise StorageError(
+                    f"model directory {self.uri}: this Spark has no Hadoop FileSystem for '{self.scheme}://'"
+                    + (f" ({missing.group(1)} is not on the classpath)" if missing else "")
+                    + " (add its connector jar, e.g. hadoop-aws for s3a://), or use s3:// (vidspark's own S3 client), hdfs:// or a local path"
+                ) from None
+            raise StorageError(f"model directory {self.uri}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+    def _path(self, name: str) -> str:
+        return f"{self.uri}/{name}"
+
+    def get(self, name: str) -> bytes | None:
+        if not self.fs.exists(self._path(name)):
+            return None
+        return self.fs.read_bytes(self._path(name))
+
+    def put(self, name: str, data: bytes) -> None:
+        try:
+            self.fs.write_bytes(self._path(name), data)
+        except Exception as exc:  # read-only filesystems (http://) and permissions
+            raise StorageError(f"model directory {self.uri}: cannot write {name} ({str(exc).splitlines()[0][:300]}); write the model to a writable location") from None
+
+    def names(self) -> list[str]:
+        return self.fs.list_names(self.uri)
+
+    def delete(self, name: str) -> None:
+        self.fs.delete(self._path(name), recursive=False)
+
+
+def model_store(uri: str, *, spark: Any | None, storage: StorageConf | None = None) -> _Store:
+    """The store of a model directory URI: ``s3://`` through boto3, any other scheme through Spark's Hadoop FileSystem."""
+    if uri.lower().startswith("s3://"):
+        return _S3Store(uri, storage)
+    if spark is None:
+        raise ModelError(f"model directory {uri!r} is a URI: it is read and written through Spark's Hadoop FileSystem, and no session was given")
+    return _HadoopStore(uri, spark)
 
 
 def _save_local(
@@ -139,46 +277,61 @@ def _save_local(
     return target
 
 
-def load_model_dir(model_dir: str | Path, *, spark: Any | None = None) -> TrainedModel:
-    """Load and check a model directory: a local path, or any Hadoop URI read through ``spark``.
+def load_model_dir(model_dir: str | Path, *, spark: Any | None = None, storage: StorageConf | None = None) -> TrainedModel:
+    """Load and check a model directory: a local path, ``s3://`` (boto3), or any Hadoop URI read through ``spark``.
 
     Raises
     ------
     ModelError
-        If a file is missing, ``model.json`` is not valid, ``model.txt`` does not match the SHA-256
-        recorded in ``model.json`` (truncated or replaced), or LightGBM cannot parse it.
+        If a file is missing, ``model.json`` is not valid, the booster file does not match the
+        SHA-256 recorded in ``model.json`` (truncated or replaced), or LightGBM cannot parse it.
+    StorageError
+        A URI whose filesystem is not available here.
     """
-    if is_hadoop_uri(str(model_dir)):
-        if spark is None:
-            raise ModelError(f"model directory {str(model_dir)!r} is a URI: it is read through Spark's Hadoop FileSystem, and no session was given")
-        fs = FileSystem(spark, str(model_dir))
-        if not fs.exists(str(model_dir)):
-            raise ModelError(f"model directory {str(model_dir)!r} does not exist: train a model with 'vidspark train' first")
-        with tempfile.TemporaryDirectory(prefix="vidspark-model-") as local:
-            fs.get_dir(str(model_dir), os.path.join(local, "model"))
-            return load_model_dir(os.path.join(local, "model"))
+    uri = str(model_dir)
+    if is_hadoop_uri(uri):
+        store = model_store(uri, spark=spark, storage=storage)
+        js = store.get(MODEL_JSON)
+        if js is None:
+            raise ModelError(f"model directory {uri!r} does not exist or has no {MODEL_JSON}: train a model with 'vidspark train' first")
+        meta = _parse_meta(js, f"{uri}/{MODEL_JSON}")
+        name = str(meta.get("model_file", MODEL_TXT))
+        txt = store.get(name)
+        if txt is None:
+            raise ModelError(f"model directory {uri!r} has no {name}: train a model with 'vidspark train' first")
+        return _checked(txt.decode("utf-8"), meta, f"{uri}/{name}")
     path = Path(model_dir).expanduser()
-    txt, js = path / MODEL_TXT, path / MODEL_JSON
-    for f in (txt, js):
-        if not f.is_file():
-            raise ModelError(f"model directory {str(path)!r} has no {f.name}: train a model with 'vidspark train' first")
+    js_path = path / MODEL_JSON
+    if not js_path.is_file():
+        raise ModelError(f"model directory {str(path)!r} has no {MODEL_JSON}: train a model with 'vidspark train' first")
+    meta = _parse_meta(js_path.read_bytes(), str(js_path))
+    txt_path = path / str(meta.get("model_file", MODEL_TXT))
+    if not txt_path.is_file():
+        raise ModelError(f"model directory {str(path)!r} has no {txt_path.name}: train a model with 'vidspark train' first")
+    return _checked(txt_path.read_text(encoding="utf-8"), meta, str(txt_path))
+
+
+def _parse_meta(data: bytes, where: str) -> dict[str, Any]:
     try:
-        meta = json.loads(js.read_text(encoding="utf-8"))
+        meta = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{str(js)!r} is not valid JSON ({exc}); the model directory is damaged, train again") from exc
+        raise ModelError(f"{where!r} is not valid JSON ({exc}); the model directory is damaged, train again") from exc
     for key in ("classes", "feature_dim", "featurizer", "model_txt_sha256"):
         if key not in meta:
-            raise ModelError(f"{str(js)!r} lacks {key!r}; it was not written by vidspark train")
-    model_str = txt.read_text(encoding="utf-8")
+            raise ModelError(f"{where!r} lacks {key!r}; it was not written by vidspark train")
+    return dict(meta)
+
+
+def _checked(model_str: str, meta: dict[str, Any], where: str) -> TrainedModel:
     if sha256_text(model_str) != meta["model_txt_sha256"]:
-        raise ModelError(f"{str(txt)!r} does not match the checksum in model.json (truncated or replaced); train again")
+        raise ModelError(f"{where!r} does not match the checksum in model.json (truncated or replaced); train again")
     model = TrainedModel(model_str=model_str, meta=meta)
     try:
         booster = model.booster()
     except Exception as exc:  # lightgbm raises LightGBMError, a plain Exception subclass
-        raise ModelError(f"LightGBM cannot read {str(txt)!r}: {exc}") from exc
+        raise ModelError(f"LightGBM cannot read {where!r}: {exc}") from exc
     if booster.num_feature() != model.feature_dim:
-        raise ModelError(f"{str(txt)!r} expects {booster.num_feature()} features but model.json says {model.feature_dim}")
+        raise ModelError(f"{where!r} expects {booster.num_feature()} features but model.json says {model.feature_dim}")
     return model
 
 

@@ -11,10 +11,12 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from vidspark.backbone import featurizer_id
 from vidspark.config import Conf, VideoConf
-from vidspark.errors import ErrorFractionExceeded
+from vidspark.errors import ErrorFractionExceeded, ModelError
 from vidspark.featurize import featurize
 from vidspark.inventory import Selection
+from vidspark.model import load_model_dir
 from vidspark.outputs import delete_path, join, list_names, read_text, write_json
 from vidspark.predict import predict
 from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera
@@ -53,8 +55,9 @@ class RunSummary:
         return ErrorTally.of(self.featurize)
 
     def record(self) -> dict[str, Any]:
-        """The run record's ``summary``."""
-        return {"featurize": self.featurize, "predict": self.predict, "recovered_partitions": self.recovered_partitions, **asdict(self.tally)}
+        """The run record's ``summary`` (a dry run's has no tally: nothing was featurized)."""
+        tally = {} if self.featurize.get("dry_run") else asdict(self.tally)
+        return {"featurize": self.featurize, "predict": self.predict, "recovered_partitions": self.recovered_partitions, **tally}
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ def run(
     prune: bool = False,
     selection: Selection | None = None,
     inventory: str | None = None,
+    dry_run: bool = False,
 ) -> RunSummary:
     """The nightly job: featurize what is new or changed under ``input_uri``, then re-predict the partitions it touched.
 
@@ -109,6 +113,15 @@ def run(
     run even though it finds nothing new to featurize.
     """
     features_out = join(output, "features")
+    model = load_model_dir(model_dir, spark=spark, storage=conf.storage)  # before any featurizing: a model that cannot predict these features ends the run now
+    feat_id = featurizer_id(conf.featurizer, conf.storage)
+    if model.featurizer != feat_id:
+        raise ModelError(
+            f"the model {model_dir} was trained on features of {model.featurizer!r} but this conf featurizes with {feat_id!r}: set featurizer.* as for the model, or train one on these features"
+        )
+    if dry_run:
+        fs = featurize(spark, input_uri=input_uri, output=features_out, conf=conf, run_id=run_id, full=full, prune=prune, selection=selection, inventory=inventory, dry_run=True)
+        return RunSummary(fs, {"dry_run": True, "model": model_dir, "model_sha256": model.meta.get("model_txt_sha256"), "classes": model.classes}, [])
     state = join(output, "_state")
     pending: set[tuple[str, str]] = set()
     pending_files = [n for n in list_names(spark, state) if n.startswith("pending-") and n.endswith(".json")]

@@ -26,6 +26,7 @@ from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
 from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists, write_json
+from vidspark.progress import Progress, group_task_counts, job_group
 from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, PRESENTATION_ORDER, SOURCE_FIELDS, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -210,8 +211,11 @@ def predict(
     features_df: DataFrame | None = None,
     partitions: list[tuple[str, str]] | None = None,
     run_id: str = "predict",
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Predict frames of ``features`` and write ``output/frames`` and ``output/videos``.
+
+    ``dry_run``: load and check the model against the features, count the frames, write nothing.
 
     With ``partitions`` (``(camera_id, date)`` pairs), only those partitions of ``frames/`` are
     rewritten, from their frames and the earlier frames of the same videos; the ``videos/`` rows of
@@ -227,12 +231,37 @@ def predict(
     if window < 1:
         raise ConfigError(f"--window must be >= 1, got {window}")
     t0 = time.perf_counter()
-    model = load_model_dir(model_dir, spark=spark)
+    model = load_model_dir(model_dir, spark=spark, storage=conf.storage)
     frames_out, videos_out = join(output, "frames"), join(output, "videos")
-    for table in (features, frames_out, videos_out):  # a swap a killed run left half done, before any read
+    for table in (features, frames_out, videos_out) if not dry_run else ():  # a swap a killed run left half done, before any read
         recover_table(spark, table)
     if features_df is None:
         features_df = read_table(spark, features, FEATURES_SCHEMA)
+    if dry_run:
+        featurizers = [r[0] for r in features_df.select("featurizer").distinct().collect()]
+        check_compatible(model, featurizers=featurizers, feature_dim=None)
+        n = features_df.count()
+        logger.info("dry run: would predict %d frames with model %s (classes %s)", n, model_dir, model.classes)
+        return {"dry_run": True, "features": features, "model": model_dir, "model_sha256": model.meta.get("model_txt_sha256"), "classes": model.classes, "window": window, "would_predict_frames": n}
+    group = job_group(spark, f"vidspark-predict-{run_id}", "vidspark predict")
+    with group, Progress("predict", every=conf.job.progress_seconds, counts=lambda: group_task_counts(spark, group.group)):
+        return _predict(spark, features=features, model=model, model_dir=model_dir, output=output, window=window, features_df=features_df, partitions=partitions, run_id=run_id, t0=t0)
+
+
+def _predict(
+    spark: SparkSession,
+    *,
+    features: str,
+    model: TrainedModel,
+    model_dir: str,
+    output: str,
+    window: int,
+    features_df: DataFrame,
+    partitions: list[tuple[str, str]] | None,
+    run_id: str,
+    t0: float,
+) -> dict[str, Any]:
+    frames_out, videos_out = join(output, "frames"), join(output, "videos")
     parts_df = _parts_df(spark, partitions) if partitions is not None else None
     old_videos = read_table(spark, videos_out, VIDEO_PREDICTIONS_SCHEMA) if parts_df is not None and table_exists(spark, videos_out) else None
     touched = None

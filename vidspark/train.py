@@ -148,7 +148,11 @@ def _arrow_partitions(df: DataFrame) -> Iterator[Any]:
     import pyarrow as pa
     from pyspark.serializers import NoOpSerializer
     from pyspark.sql.pandas.types import to_arrow_schema
-    from pyspark.util import _local_iterator_from_socket
+
+    try:
+        from pyspark.util import _local_iterator_from_socket
+    except ImportError:  # PySpark 3.5 keeps it in pyspark.rdd
+        from pyspark.rdd import _local_iterator_from_socket  # type: ignore[attr-defined,no-redef]
 
     spark: Any = df.sparkSession
     # The messages carry no schema: read them with the one the JVM wrote them for (Spark types mapped as toPandas maps them).
@@ -518,6 +522,7 @@ def train(spark: SparkSession, *, features: str, model_dir: str, conf: Conf) -> 
         cv_report=cv,
         write_extra=lambda d: plot_confusion(overall["confusion_matrix"], data.classes, d / CONFUSION_PNG),
         spark=spark,
+        storage=conf.storage,
     )
     summary = {
         "features": features,

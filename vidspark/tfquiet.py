@@ -1,0 +1,81 @@
+"""TensorFlow without its start-up notices: the import and the first device query, with known noise filtered out.
+
+On a healthy CPU machine TensorFlow prints absl/oneDNN/CUDA notices straight to file descriptor 2
+(``I0000 ... port.cc] oneDNN custom operations are on``, ``E0000 ... failed call to cuInit``),
+before Python's logging or ``TF_CPP_MIN_LOG_LEVEL`` can catch all of them. An operator reading a
+nightly log sees "ERROR"-looking lines on a run that is fine. Here the import and the first device
+query run with fd 2 captured, and only lines matching the known start-up notices are dropped: every
+other line (a real error) is written back. ``VIDSPARK_FRAMEWORK_LOGS=1`` (conf ``job.framework_logs``)
+turns the filtering off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+# absl-format lines (I/W/E + MMDD + time + thread + file.cc:line]) from the files that print start-up notices, and their continuations.
+NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:.]+\s+\d+ (port|cudart_stub|cpu_feature_guard|cuda_platform|cuda_dnn|cuda_fft|cuda_blas|cuda_executor|cuda_diagnostics|gpu_device|computation_placer)\.cc:\d+\]"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)"
+)
+_LOCK = threading.RLock()
+_tf: Any = None
+
+
+def framework_logs() -> bool:
+    """Whether TensorFlow's own start-up logs are wanted (``job.framework_logs: true``)."""
+    return os.environ.get("VIDSPARK_FRAMEWORK_LOGS") == "1"
+
+
+def drop_noise(text: str) -> str:
+    """``text`` without the lines of TensorFlow's known start-up notices."""
+    return "".join(line for line in text.splitlines(keepends=True) if not NOISE.search(line))
+
+
+@contextlib.contextmanager
+def filtered_stderr() -> Iterator[None]:
+    """Capture file descriptor 2 for the block, then write back all but the known start-up notices."""
+    with _LOCK, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = drop_noise(tmp.read().decode("utf-8", errors="replace"))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def import_tensorflow() -> Any:
+    """``import tensorflow`` and its first GPU query (where CUDA reports), quietly unless framework logs are on."""
+    global _tf
+    if _tf is not None:
+        return _tf
+    with _LOCK:
+        if _tf is None:
+            if framework_logs():
+                import tensorflow as tf
+
+                tf.config.list_physical_devices("GPU")
+            else:
+                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines once absl is up; warnings and errors still show
+                with filtered_stderr():
+                    import tensorflow as tf
+
+                    tf.config.list_physical_devices("GPU")
+            _tf = tf
+    return _tf
