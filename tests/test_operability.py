@@ -254,11 +254,16 @@ def test_check_finds_a_layout_that_fits_nothing_and_an_unreachable_bucket(spark,
     assert code == 3 and "FAIL  input" in captured.out and "does not exist" in captured.out
 
 
-def test_dry_runs_of_predict_and_run_write_nothing(spark, tmp_path, capsys):
+def test_dry_runs_of_predict_and_run_write_nothing(spark, tmp_path, capsys, s3_client, bucket):
     from tests.helpers import train_model
 
     model = train_model(spark, tmp_path / "m", RANDOM, per_class=8, seed=1, size=(64, 48), folds=2)
+    on_s3 = f"s3://{bucket}/models/cars"  # a model directory on the loopback S3 server, through the CLI
+    assert main(["train", "--features", str(tmp_path / "m" / "features"), "--model", on_s3, "--folds", "2", "--run-id", "t1", *RANDOM], spark=spark) == 0
+    assert json.loads(s3_client.get_object(Bucket=bucket, Key="models/runs/t1.json")["Body"].read())["status"] == "ok"
     capsys.readouterr()
+    assert main(["predict", "--features", str(tmp_path / "m" / "features"), "--model", on_s3, "--output", str(tmp_path / "p"), "--dry-run", *RANDOM], spark=spark) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == ["car", "person"]
     assert main(["predict", "--features", str(tmp_path / "m" / "features"), "--model", str(model), "--output", str(tmp_path / "p"), "--dry-run", *RANDOM], spark=spark) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["would_predict_frames"] == 16 and not (tmp_path / "p").exists()

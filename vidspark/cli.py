@@ -311,7 +311,14 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         try:
             from vidspark.outputs import join, write_json
 
-            write_json(session, join(runs_dir, f"{run_id}.json"), record())
+            path = join(runs_dir, f"{run_id}.json")
+            if path.startswith("s3://"):  # beside an s3:// model directory: vidspark's own S3 client, as the model
+                from vidspark.storage import cached_s3_client, split_s3_uri
+
+                bucket, key = split_s3_uri(path)
+                cached_s3_client(conf.storage).put_object(Bucket=bucket, Key=key, Body=json.dumps(record(), indent=2, sort_keys=True, default=str).encode("utf-8"))
+            else:
+                write_json(session, path, record())
         except Exception as exc:  # a run record that cannot be written must not hide the job's own result
             logger.warning("could not write the run record to %s: %s", runs_dir, exc)
 
