@@ -161,3 +161,48 @@ def test_a_model_uri_without_a_filesystem_is_refused_clearly(spark, tmp_path):
     save_model_dir(uri, model_str=model_str, meta=meta, cv_report={}, spark=spark)
     assert sorted(p.name for p in (tmp_path / "viahadoop").iterdir() if not p.name.startswith(".")) == ["cv_report.json", "model.json", "model.txt"]
     assert load_model_dir(uri, spark=spark).model_str == model_str
+
+
+def test_concurrent_object_store_commits_never_delete_the_live_booster():
+    """Two trainings commit to one object-store model directory at once (a retried job): whichever model.json lands last must find its booster."""
+    from vidspark.model import _commit, _save_local, _Store
+
+    class Memory(_Store):  # an object store's semantics: single-object PUT, GET, LIST, DELETE
+        def __init__(self) -> None:
+            self.objects: dict[str, bytes] = {}
+            self.on_first_put = None
+
+        def get(self, name):
+            return self.objects.get(name)
+
+        def put(self, name, data):
+            hook, self.on_first_put = self.on_first_put, None
+            if hook is not None:
+                hook()
+            self.objects[name] = data
+
+        def names(self):
+            return sorted(self.objects)
+
+        def delete(self, name):
+            self.objects.pop(name, None)
+
+    def built(tmp, seed):
+        model_str, meta = _booster(2, seed)
+        return _save_local(tmp / f"m{seed}", model_str=model_str, meta=meta, cv_report={}), model_str
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        (old, _), (a, _), (b, b_str) = built(tmp, 1), built(tmp, 2), built(tmp, 3)
+        store = Memory()
+        _commit(store, old)
+        store.on_first_put = lambda: _commit(store, b)  # B commits whole while A has read the directory and starts writing
+        _commit(store, a)  # A's model.json lands last
+        assert json.loads(store.objects["model.json"])["model_file"] in store.objects  # the live booster (A's) is there
+        b_meta = json.loads((b / "model.json").read_text())
+        assert f"model-{b_meta['model_txt_sha256'][:16]}.txt" in store.objects  # B's was not deleted by A's clean-up
+        _commit(store, b)  # and B again last: its booster, still there, is live
+        live = json.loads(store.objects["model.json"])["model_file"]
+        assert store.objects[live].decode() == b_str

@@ -75,6 +75,14 @@ def test_log_level_is_case_insensitive():
         build_parser().parse_args(["predict", "--features", "f", "--model", "m", "--output", "o", "--log-level", "loud"])
 
 
+def test_a_layout_that_fits_no_key_fails_before_spark_with_exit_2(tmp_path, capsys):
+    write_labeled_set(LocalSink(tmp_path / "in"), per_class=2, size=(32, 32))
+    code = main(["featurize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "f"), "--layout", "{camera_id}/{date}/{ts}.jpg", *RANDOM])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "0 fit, 4 do not" in err[0] and "does not fit layout" in err[0], err
+    assert not (tmp_path / "f").exists()
+
+
 def test_a_missing_model_fails_before_spark_with_exit_2(tmp_path, capsys):
     code = main(["predict", "--features", str(tmp_path / "f"), "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "p")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -136,6 +144,18 @@ def test_noise_filter_drops_the_start_up_notices_only():
     assert drop_noise("\n".join(NOISY + kept) + "\n") == "\n".join(kept) + "\n"
 
 
+def test_the_filter_passes_other_lines_on_as_they_come():
+    code = (
+        "import os, sys\nfrom vidspark.tfquiet import filtered_stderr\n"
+        "with filtered_stderr():\n"
+        "    os.write(2, b'I0000 00:00:1795387759.157784   15131 port.cc:153] oneDNN custom operations are on.\\nkept from C\\n')\n"
+        "    print('kept from Python', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "kept from C\nkept from Python\nafter\n", out.stderr
+
+
 def test_tensorflow_starts_quietly_unless_asked():
     code = "from vidspark.tfquiet import import_tensorflow; import sys; tf = import_tensorflow(); print('user line', file=sys.stderr)"
     loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "VIDSPARK_FRAMEWORK_LOGS": "1"}, timeout=120)
@@ -166,8 +186,11 @@ def test_progress_logs_while_the_block_runs(caplog):
         for i in range(1, 5):
             state.update(tasks=float(i), frames=float(10 * i))
             time.sleep(0.12)
+        time.sleep(0.12)  # one more line after the last task
     assert p.lines >= 3
-    assert any("40/~40 frames, 4/4 tasks (100.0 %)" in r.message or "/4 tasks" in r.message for r in caplog.records)
+    messages = [r.message for r in caplog.records]
+    assert "featurize: 40/~40 frames, 4/4 tasks (100.0 %)" in messages[-1], messages
+    assert any("/~40 frames, 1/4 tasks (25.0 %)" in m or "/~40 frames, 2/4 tasks (50.0 %)" in m for m in messages), messages
     with Progress("x", every=0, counts=dict) as silent:
         pass
     assert silent.thread is None
@@ -178,7 +201,7 @@ def test_progress_logs_while_the_block_runs(caplog):
 
 def test_a_job_without_conf_is_quiet_and_records_its_settings(tmp_path):
     write_labeled_set(LocalSink(tmp_path / "in"), per_class=12, size=(64, 48))
-    out = _cli(["featurize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "features"), "--run-id", "r1", *RANDOM, "--set", "job.progress_seconds=1", "--set", "job.rows_per_task=4"])
+    out = _cli(["featurize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "features"), "--run-id", "r1", *RANDOM, "--set", "job.progress_seconds=0.2", "--set", "job.rows_per_task=4"])
     assert out.returncode == 0, out.stderr[-3000:]
     err = out.stderr
     for noise in ("[Stage", "Setting default log level", "I0000", "E0000", "absl::InitializeLog", "NativeCodeLoader", "oneDNN"):

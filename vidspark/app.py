@@ -157,14 +157,20 @@ def build_session(app_name: str, *, master: str | None, spark_conf: Mapping[str,
             # Local workers must run this interpreter (the venv), not whatever python3 is on PATH.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    settings = session_settings(master, spark_conf, given=_submitted_settings() if submitted else set(), submitted=submitted)
+    given = _submitted_settings() if submitted else {}
+    # under spark-submit the master is spark-submit's: local defaults apply to a local one there too
+    settings = session_settings(master or given.get("spark.master"), spark_conf, given=set(given), submitted=submitted)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    own_log4j = user_log4j_config(settings)
+    effective = spark.sparkContext.getConf()
+    jvm_property = spark.sparkContext._jvm.java.lang.System.getProperty  # type: ignore[union-attr]
+    own_log4j = user_log4j_config({"spark.driver.extraJavaOptions": effective.get("spark.driver.extraJavaOptions", "")}) or next(
+        (str(v) for v in (jvm_property("log4j2.configurationFile"), jvm_property("log4j.configurationFile")) if v and str(v) != LOG4J2_FILE.as_uri()), None
+    )
     if own_log4j is None:
         spark.sparkContext.setLogLevel("WARN")
     else:
@@ -196,12 +202,12 @@ def session_settings(
     return {**{k: v for k, v in defaults.items() if k not in given}, **settings}
 
 
-def _submitted_settings() -> set[str]:
-    """Keys spark-submit already set (its --conf flags, --properties-file, spark-defaults.conf): they win over vidspark's defaults."""
+def _submitted_settings() -> dict[str, str]:
+    """What spark-submit already set (its --conf flags, --properties-file, spark-defaults.conf): it wins over vidspark's defaults."""
     from pyspark import SparkConf, SparkContext
 
     SparkContext._ensure_initialized()  # type: ignore[attr-defined]  # connects to spark-submit's gateway; sets nothing
-    return {k for k, _ in SparkConf().getAll()}
+    return dict(SparkConf().getAll())
 
 
 def new_run_id(job: str) -> str:

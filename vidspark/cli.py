@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 import traceback
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vidspark import __version__
 from vidspark.app import build_session, check_java, configure_logging, new_run_id, under_spark_submit
 from vidspark.config import Conf, load_conf, log_effective, redacted
-from vidspark.errors import EXIT_OK, ConfigError, VidsparkError, known_failure
+from vidspark.errors import EXIT_OK, ConfigError, VidsparkError, WeightsUnavailable, known_failure
 
 if TYPE_CHECKING:
     from vidspark.pipeline import DemoSummary
@@ -220,11 +221,24 @@ def preflight(args: argparse.Namespace, conf: Conf) -> None:
     v = args.verb
     if v in ("featurize", "run"):
         logger.info("input: %s", pf.check_input(args.input, conf))
-        logger.info("weights: %s", pf.check_weights(conf))
+        layout = pf.sample_layout(args.input, conf, keys=LAYOUT_SAMPLE)
+        if not layout.ok:
+            raise ConfigError(f"{layout.detail}; for example {layout.lines[0]}" if layout.lines else layout.detail)
+        logger.info("%s", layout.detail)
+        try:
+            logger.info("weights: %s", pf.check_weights(conf))
+        except WeightsUnavailable as exc:
+            if under_spark_submit() or not (args.master or "local").startswith("local"):
+                logger.warning("%s (the executors may have them: going on)", exc)  # what the driver sees is not what the executors see
+            else:
+                raise
     if v in ("predict", "run") and (not is_uri(args.model) or args.model.startswith("s3://")):  # other URIs are read once Spark is up
         from vidspark.model import load_model_dir
 
         load_model_dir(args.model, storage=conf.storage)
+
+
+LAYOUT_SAMPLE = 20  # keys a job tries its layout on before Spark starts (none fitting: exit 2)
 
 
 def is_uri(path: str) -> bool:
@@ -257,7 +271,14 @@ def spark_settings(session: Any) -> dict[str, str]:
 
     skip = ("spark.driver.extraClassPath", "spark.executor.extraClassPath", "spark.app.initial.jar.urls", "spark.repl.local.jars")
     items = session.sparkContext.getConf().getAll()
-    return {k: (REDACTED if is_secret_key(k) else v) for k, v in sorted(items) if k.startswith("spark.") and k not in skip}
+    return {k: (REDACTED if is_secret_key(k) else _mask_options(v)) for k, v in sorted(items) if k.startswith("spark.") and k not in skip}
+
+
+def _mask_options(value: str) -> str:
+    """``-Dfs.s3a.secret.key=abc`` inside a value (Java options) -> ``-Dfs.s3a.secret.key=***``."""
+    from vidspark.config import REDACTED, is_secret_key
+
+    return re.sub(r"(-D([^=\s]+)=)(\S+)", lambda m: m.group(1) + REDACTED if is_secret_key(m.group(2)) else m.group(0), value)
 
 
 def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
@@ -376,7 +397,8 @@ def check(args: argparse.Namespace, conf: Conf, run_id: str, *, spark: Any | Non
                 findings.append(_plan(session, args, conf, run_id))
         except Exception as exc:
             known = known_failure(exc)
-            findings.append(pf.Finding("spark", False, str(known) if known else f"{type(exc).__name__}: {exc}", known.exit_code if known else 1))
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+            findings.append(pf.Finding("spark", False, str(known) if known else f"{type(exc).__name__}: {first[:300]}", known.exit_code if known else 1))
         finally:
             if spark is None and session is not None:
                 session.stop()

@@ -126,17 +126,18 @@ def _commit(store: _Store, built: Path) -> None:
     meta = json.loads((built / MODEL_JSON).read_text(encoding="utf-8"))
     model_file = f"model-{meta['model_txt_sha256'][:16]}.txt"
     previous = store.get(MODEL_JSON)
+    before = set(store.names())  # only what existed before this commit may be cleaned up: a concurrent writer's booster is not ours to delete
     keep = {model_file}
     if previous is not None:
-        with contextlib.suppress(ValueError, KeyError):
-            keep.add(json.loads(previous).get("model_file", MODEL_TXT))
+        with contextlib.suppress(ValueError, KeyError, AttributeError):
+            keep.add(str(json.loads(previous).get("model_file", MODEL_TXT)))
     for f in sorted(built.iterdir()):
         if f.name not in (MODEL_TXT, MODEL_JSON):
             store.put(f.name, f.read_bytes())
     store.put(model_file, (built / MODEL_TXT).read_bytes())
     store.put(MODEL_JSON, (json.dumps({**meta, "model_file": model_file}, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
-    for name in store.names():
-        if (name == MODEL_TXT or (name.startswith("model-") and name.endswith(".txt"))) and name not in keep:
+    for name in sorted(before - keep):
+        if name == MODEL_TXT or (name.startswith("model-") and name.endswith(".txt")):
             store.delete(name)
 
 
@@ -174,13 +175,15 @@ class _S3Store(_Store):
             raise StorageError(f"model directory {self.uri}: cannot {what}: {exc}") from exc
 
     def get(self, name: str) -> bytes | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return bytes(self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read())
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
+            raise StorageError(f"model directory {self.uri}: cannot read {name}: {exc}") from exc
+        except BotoCoreError as exc:  # endpoint unreachable, no credentials
             raise StorageError(f"model directory {self.uri}: cannot read {name}: {exc}") from exc
 
     def put(self, name: str, data: bytes) -> None:
@@ -214,22 +217,25 @@ class _HadoopStore(_Store):
     def _path(self, name: str) -> str:
         return f"{self.uri}/{name}"
 
+    def _call(self, what: str, fn: Callable[[], Any], hint: str = "") -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # py4j's Java exceptions: permissions, read-only filesystems (http://), the network
+            first = next((line for line in str(exc).splitlines() if line.strip() and not line.startswith("An error occurred")), type(exc).__name__)
+            raise StorageError(f"model directory {self.uri}: cannot {what} ({first.strip()[:300]}){hint}") from None
+
     def get(self, name: str) -> bytes | None:
-        if not self.fs.exists(self._path(name)):
-            return None
-        return self.fs.read_bytes(self._path(name))
+        path = self._path(name)
+        return self._call(f"read {name}", lambda: self.fs.read_bytes(path) if self.fs.exists(path) else None)
 
     def put(self, name: str, data: bytes) -> None:
-        try:
-            self.fs.write_bytes(self._path(name), data)
-        except Exception as exc:  # read-only filesystems (http://) and permissions
-            raise StorageError(f"model directory {self.uri}: cannot write {name} ({str(exc).splitlines()[0][:300]}); write the model to a writable location") from None
+        self._call(f"write {name}", lambda: self.fs.write_bytes(self._path(name), data), "; write the model to a writable location")
 
     def names(self) -> list[str]:
-        return self.fs.list_names(self.uri)
+        return list(self._call("list", lambda: self.fs.list_names(self.uri)))
 
     def delete(self, name: str) -> None:
-        self.fs.delete(self._path(name), recursive=False)
+        self._call(f"delete {name}", lambda: self.fs.delete(self._path(name), recursive=False))
 
 
 def model_store(uri: str, *, spark: Any | None, storage: StorageConf | None = None) -> _Store:

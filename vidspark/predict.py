@@ -68,10 +68,11 @@ def _booster_for(model_str: str) -> Any:
         return booster
 
 
-def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int, feature_dim: int) -> DataFrame:
+def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int, feature_dim: int, frames_done: Any | None = None) -> DataFrame:
     """Add ``probabilities`` (per-class, model class order) with a pandas UDF over Arrow batches.
 
     ``model_bc`` is a broadcast of the LightGBM model text; each Python worker parses it once.
+    ``frames_done``: an accumulator of the frames predicted (the progress line reads it).
     """
 
     @F.pandas_udf(T.ArrayType(T.DoubleType(), False))  # type: ignore[call-overload]
@@ -82,6 +83,8 @@ def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int,
         if X.shape[1] != feature_dim:
             raise ValueError(f"features have {X.shape[1]} values per frame, the model expects {feature_dim}")
         proba = predict_proba(_booster_for(model_bc.value), X, n_classes, num_threads=task_cpus() or 1)
+        if frames_done is not None:
+            frames_done.add(len(X))
         return pd.Series(list(proba))
 
     return features_df.withColumn("probabilities", proba_udf(F.col("features")))
@@ -166,13 +169,15 @@ def video_summaries(frames_df: DataFrame, *, classes: list[str]) -> DataFrame:
     return frames_df.where(F.col("video_id").isNotNull()).select(*cols).groupBy("camera_id", "video_id").applyInPandas(make_video_summary(classes), schema=VIDEO_PREDICTIONS_SCHEMA)
 
 
-def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int) -> DataFrame:
+def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int, frames_done: Any | None = None) -> DataFrame:
     """Features -> smoothed frame predictions (``FRAME_PREDICTIONS_SCHEMA``), after checking the model fits."""
     featurizers = [r[0] for r in features_df.select("featurizer").distinct().collect()]
     first = features_df.select(F.size("features").alias("n")).first()
     check_compatible(model, featurizers=featurizers, feature_dim=int(first["n"]) if first else None)
     model_bc = spark.sparkContext.broadcast(model.model_str)
-    with_proba = with_probabilities(features_df.select(*_IDENTITY, *(f.name for f in SOURCE_FIELDS), "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim)
+    with_proba = with_probabilities(
+        features_df.select(*_IDENTITY, *(f.name for f in SOURCE_FIELDS), "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim, frames_done=frames_done
+    )
     return with_smoothing(with_proba.drop("features"), classes=model.classes, window=window)
 
 
@@ -244,8 +249,12 @@ def predict(
         logger.info("dry run: would predict %d frames with model %s (classes %s)", n, model_dir, model.classes)
         return {"dry_run": True, "features": features, "model": model_dir, "model_sha256": model.meta.get("model_txt_sha256"), "classes": model.classes, "window": window, "would_predict_frames": n}
     group = job_group(spark, f"vidspark-predict-{run_id}", "vidspark predict")
-    with group, Progress("predict", every=conf.job.progress_seconds, counts=lambda: group_task_counts(spark, group.group)):
-        return _predict(spark, features=features, model=model, model_dir=model_dir, output=output, window=window, features_df=features_df, partitions=partitions, run_id=run_id, t0=t0)
+    frames_done = spark.sparkContext.accumulator(0)
+    counts = lambda: {**group_task_counts(spark, group.group), "frames": float(frames_done.value)}  # noqa: E731 - read by the progress thread
+    with group, Progress("predict", every=conf.job.progress_seconds, counts=counts):
+        return _predict(
+            spark, features=features, model=model, model_dir=model_dir, output=output, window=window, features_df=features_df, partitions=partitions, run_id=run_id, t0=t0, frames_done=frames_done
+        )
 
 
 def _predict(
@@ -260,6 +269,7 @@ def _predict(
     partitions: list[tuple[str, str]] | None,
     run_id: str,
     t0: float,
+    frames_done: Any,
 ) -> dict[str, Any]:
     frames_out, videos_out = join(output, "frames"), join(output, "videos")
     parts_df = _parts_df(spark, partitions) if partitions is not None else None
@@ -270,7 +280,7 @@ def _predict(
         in_part_rows = old_videos.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if old_videos is not None else None
         touched = touched_videos(features_df, parts_df, in_part_rows).persist(StorageLevel.MEMORY_AND_DISK)
     input_df = frames_with_context(features_df, parts_df, touched) if parts_df is not None and touched is not None else features_df
-    frames_df = predict_frames(spark, input_df, model, window=window).persist(StorageLevel.MEMORY_AND_DISK)
+    frames_df = predict_frames(spark, input_df, model, window=window, frames_done=frames_done).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         frames_write = frames_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if parts_df is not None else frames_df
         scope = [partition_path(c, d) for c, d in partitions] if partitions is not None else None

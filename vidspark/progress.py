@@ -92,14 +92,18 @@ class Progress:
 
 
 def group_task_counts(spark: Any, group: str) -> dict[str, float]:
-    """Tasks done and in total over the jobs of a Spark job group, from the status tracker."""
+    """Tasks done and in total over the started stages of a Spark job group's jobs, from the status tracker.
+
+    The tracker does not say which stages were skipped (their output reused), so only stages that
+    ran a task count: the total grows as stages start, and the ETA is of the work started so far.
+    """
     tracker = spark.sparkContext.statusTracker()
     done = total = 0
     for job_id in tracker.getJobIdsForGroup(group):
         job = tracker.getJobInfo(job_id)
         for stage_id in job.stageIds if job else ():
             info = tracker.getStageInfo(stage_id)
-            if info is not None:
+            if info is not None and (info.numActiveTasks or info.numCompletedTasks or info.numFailedTasks):  # started: a skipped stage never runs a task
                 done += info.numCompletedTasks
                 total += info.numTasks
     return {"tasks": float(done), "tasks_total": float(total)}

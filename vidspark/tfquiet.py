@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -42,22 +41,35 @@ def drop_noise(text: str) -> str:
 
 @contextlib.contextmanager
 def filtered_stderr() -> Iterator[None]:
-    """Capture file descriptor 2 for the block, then write back all but the known start-up notices."""
-    with _LOCK, tempfile.TemporaryFile() as tmp:
+    """Route file descriptor 2 through a pipe for the block; a thread passes every line on except the known start-up notices.
+
+    Lines go on as they come, so a crash inside the block (an abort in a native library) still
+    leaves its message on stderr.
+    """
+    with _LOCK:
         sys.stderr.flush()
         saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
+        r, w = os.pipe()
+        os.dup2(w, 2)
+        os.close(w)
+
+        def pump() -> None:
+            with os.fdopen(r, "rb") as source:
+                for line in source:
+                    if not NOISE.search(line.decode("utf-8", errors="replace")):
+                        with contextlib.suppress(OSError):
+                            os.write(saved, line)
+
+        thread = threading.Thread(target=pump, name="vidspark-stderr-filter", daemon=True)
+        thread.start()
         try:
             yield
         finally:
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            kept = drop_noise(tmp.read().decode("utf-8", errors="replace"))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+            os.dup2(saved, 2)  # the pipe's last write end closes: the pump reads to the end and stops
+            thread.join(timeout=10)
+            if not thread.is_alive():
+                os.close(saved)
 
 
 def import_tensorflow() -> Any:
