@@ -9,13 +9,14 @@ ones it needs and ends at the first failure with one line on stderr, before Spar
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from vidspark.config import Conf
-from vidspark.errors import ConfigError, VidsparkError
+from vidspark.errors import ConfigError, StorageError, VidsparkError
 from vidspark.layout import Layout, LayoutMismatch
-from vidspark.storage import Location, check_readable, endpoint_of, make_s3_client, parse_uri
+from vidspark.storage import Location, ObjectInfo, check_readable, endpoint_of, make_s3_client, parse_uri
 
 
 @dataclass
@@ -57,14 +58,12 @@ def sample_layout(uri: str, conf: Conf, *, keys: int, client: Any = None) -> Fin
 
     Fails (exit 2) when keys were found and none fits: the layout or ``--input`` is wrong.
     """
-    from vidspark.listing import list_prefix
-
     location = parse_uri(uri)
     client = client if client is not None else input_client(location, conf)
     layout = Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)
     fit: list[str] = []
     misfit: list[str] = []
-    for info in itertools.islice(list_prefix(location, "", client), keys):
+    for info in itertools.islice(_first_keys(location, client, keys), keys):
         try:
             f = layout.parse(info.rel_key)
         except LayoutMismatch as exc:
@@ -80,6 +79,25 @@ def sample_layout(uri: str, conf: Conf, *, keys: int, client: Any = None) -> Fin
     if not n:
         return Finding("layout", True, f"no keys under {uri} yet", 0, [])
     return Finding("layout", True, detail, 0, lines)
+
+
+def _first_keys(location: Location, client: Any, n: int) -> Iterator[ObjectInfo]:
+    """The first ``n`` objects under the input: one ``MaxKeys`` request on S3 (never a listing of the archive), a folder walk stopped early."""
+    from vidspark.listing import _s3_info, list_prefix
+
+    if location.scheme != "s3":
+        yield from list_prefix(location, "", client)
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    base = location.prefix + "/" if location.prefix else ""
+    try:
+        page = client.list_objects_v2(Bucket=location.bucket, Prefix=base, MaxKeys=max(1, min(n, 1000)))
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(f"cannot list {location.uri}: {exc}") from exc
+    for obj in page.get("Contents", ()):
+        if not obj["Key"].endswith("/"):
+            yield _s3_info(location.bucket, obj, len(base))
 
 
 def run_check(name: str, fn: Any, *args: Any, **kwargs: Any) -> Finding:
