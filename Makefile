@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The one version number, vidspark/__init__.py's __version__ (pyproject.toml reads it too).
+VERSION := $(shell sed -n 's/^__version__ = "\([^"]*\)"$$/\1/p' vidspark/__init__.py)
+WHEEL := dist/vidspark-$(VERSION)-py3-none-any.whl
+ENV_ARCHIVE := dist/vidspark-$(VERSION)-env.tar.gz
+WHEEL_SOURCES := $(shell find vidspark -type f ! -path '*/__pycache__/*' ! -name '*.pyc') pyproject.toml setup.py README.md
 
-.PHONY: demo test test-all test-fast test-data lint java venv clean bench bench-video bench-featurize bench-train bench-gpu bench-nightly
+.PHONY: demo test test-all test-fast test-data lint java venv clean constraints dist bench bench-video bench-featurize bench-train bench-gpu bench-nightly
 
 java:
 	@scripts/check_java.sh
@@ -12,7 +17,7 @@ java:
 $(STAMP): setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[spark,test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -57,6 +62,31 @@ bench-nightly: java $(STAMP)
 
 bench-gpu: java $(STAMP)
 	$(PY) bench/gpu_featurize.py
+
+# Pins of the environment the tests passed with: the executors' environment (make dist) is installed with them.
+constraints: $(STAMP)
+	@{ echo "# The environment vidspark's tests passed with (all of .venv but vidspark). Regenerate with: make constraints"; \
+	  echo "# make dist installs the executors' environment with these pins (pyspark and py4j come from the cluster's Spark)."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v -i '^vidspark[=@ ]'; } > constraints.txt.tmp
+	@mv -f constraints.txt.tmp constraints.txt
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pins"
+
+# A versioned wheel and the executors' packed environment, each rebuilt only when what it is made of changed.
+# ENV_PYTHON=/usr/bin/python3.11 points the packed env's python at that interpreter on the nodes.
+dist: $(WHEEL) $(ENV_ARCHIVE)
+
+$(WHEEL): $(STAMP) $(WHEEL_SOURCES) scripts/build_dist.sh
+	scripts/build_dist.sh wheel $(PY) dist
+
+# The env holds the dependencies, not vidspark: a code change rebuilds the wheel only.
+$(ENV_ARCHIVE): $(STAMP) constraints.txt pyproject.toml scripts/build_dist.sh dist/.env-python | $(WHEEL)
+	ENV_PYTHON='$(ENV_PYTHON)' scripts/build_dist.sh env $(PY) dist constraints.txt
+
+# Rewritten only when ENV_PYTHON changes, so that the env is rebuilt then.
+dist/.env-python: FORCE
+	@mkdir -p dist; echo '$(ENV_PYTHON)' | cmp -s - $@ || echo '$(ENV_PYTHON)' > $@
+
+FORCE:
 
 clean:
 	rm -rf demo-output build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -129,7 +129,7 @@ def test_killed_python_worker_is_retried_and_rows_are_exact(tmp_path):
     _, err = proc.communicate(timeout=600)
     assert killed is not None, "no Python worker was seen featurizing"
     assert proc.returncode == 0, err[-3000:]
-    assert "Lost task" in err, err[-3000:]  # Spark saw the task fail, and retried it
+    assert "Lost task" in err or "Python worker exited unexpectedly" in err, err[-3000:]  # Spark saw the task fail (4.x: the scheduler's line; 3.5: the block manager's), and retried it
     record = json.loads((tmp_path / "runs" / "k.json").read_text())
     assert record["summary"]["featurized"] == 120 and record["summary"]["error_count"] == 0
     import pyarrow.dataset as ds

@@ -195,7 +195,7 @@ def session_settings(
         cpus = local_task_cpus(str(master))
         if cpus:
             defaults["spark.task.cpus"] = str(cpus)
-        if not submitted and user_log4j_config(settings, env) is None and "spark.driver.extraJavaOptions" not in settings:
+        if not submitted and LOG4J2_FILE.is_file() and user_log4j_config(settings, env) is None and "spark.driver.extraJavaOptions" not in settings:
             defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J2_FILE.as_uri()}"  # WARN and up, no start-up banner
     if env.get("VIDSPARK_FRAMEWORK_LOGS") == "1":
         defaults["spark.executorEnv.VIDSPARK_FRAMEWORK_LOGS"] = "1"

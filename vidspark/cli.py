@@ -9,6 +9,7 @@ environment lacks something (Java 17+, the model weights). A known failure print
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from vidspark import __version__
 from vidspark.app import build_session, check_java, configure_logging, new_run_id, under_spark_submit
 from vidspark.config import Conf, load_conf, log_effective, redacted
-from vidspark.errors import EXIT_OK, ConfigError, VidsparkError, WeightsUnavailable, known_failure
+from vidspark.errors import EXIT_OK, ConfigError, EnvironmentProblem, VidsparkError, WeightsUnavailable, known_failure
 
 if TYPE_CHECKING:
     from vidspark.pipeline import DemoSummary
@@ -294,6 +295,8 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         log_effective(conf)
         if args.verb == "check":
             return check(args, conf, run_id, spark=spark)
+        if spark is None and importlib.util.find_spec("pyspark") is None:
+            raise EnvironmentProblem("pyspark is not installed: pip install 'vidspark[spark]' for local runs, or run the job with your Spark's spark-submit (submit.sh)")
         fn, runs_dir = _job_fn(args, conf, run_id)
         if spark is None and not under_spark_submit():
             check_java()

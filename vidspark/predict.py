@@ -93,8 +93,8 @@ def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int,
 def _label_columns(df: DataFrame, classes: list[str], prob_col: str, label_col: str, value_col: str) -> DataFrame:
     classes_arr = F.array(*[F.lit(c) for c in classes])
     best = F.array_max(F.col(prob_col))
-    # array_position is 1-based and returns the first maximum, as numpy's argmax does.
-    return df.withColumn(value_col, best).withColumn(label_col, F.element_at(classes_arr, F.array_position(F.col(prob_col), best).cast("int")))
+    # array_position is 1-based and returns the first maximum, as numpy's argmax does (called by name: PySpark 3.5's takes only a literal).
+    return df.withColumn(value_col, best).withColumn(label_col, F.element_at(classes_arr, F.call_function("array_position", F.col(prob_col), best).cast("int")))
 
 
 def make_smoother(classes: list[str], window: int) -> Any:
