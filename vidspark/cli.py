@@ -161,23 +161,9 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
 
     v = args.verb
     dry = bool(getattr(args, "dry_run", False))
-    selection = _selection(args) if v in ("featurize", "run") else None
     if v == "featurize":
-        return (
-            lambda s: featurize.featurize(
-                s,
-                input_uri=args.input,
-                output=args.output,
-                conf=conf,
-                run_id=run_id,
-                errors_output=args.errors,
-                full=args.full,
-                prune=args.prune,
-                selection=selection,
-                inventory=args.inventory,
-                dry_run=dry,
-            )
-        ), None if dry else outputs.sibling(args.output, "runs")
+        kw = _incremental_kwargs(args, conf, run_id, dry_run=dry)
+        return (lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, errors_output=args.errors, **kw)), None if dry else outputs.sibling(args.output, "runs")
     if v == "train":
         return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf)), outputs.sibling(args.model, "runs")
     if v == "predict":
@@ -185,21 +171,8 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
             args.output, "runs"
         )
     if v == "run":
-        return (
-            lambda s: pipeline.run(
-                s,
-                input_uri=args.input,
-                model_dir=args.model,
-                output=args.output,
-                conf=conf,
-                run_id=run_id,
-                full=args.full,
-                prune=args.prune,
-                selection=selection,
-                inventory=args.inventory,
-                dry_run=dry,
-            )
-        ), None if dry else outputs.join(args.output, "runs")
+        kw = _incremental_kwargs(args, conf, run_id, dry_run=dry)
+        return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, **kw)), None if dry else outputs.join(args.output, "runs")
     if v == "timeline":
         from vidspark import timeline
 
@@ -207,6 +180,11 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
     if v == "demo":
         return (lambda s: pipeline.demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), outputs.join(args.workdir, "output", "runs")
     raise ConfigError(f"unknown verb {v!r}")  # pragma: no cover - argparse restricts verbs
+
+
+def _incremental_kwargs(args: argparse.Namespace, conf: Conf, run_id: str, *, dry_run: bool) -> dict[str, Any]:
+    """The arguments featurize and run (and check's plan) take from the incremental flags."""
+    return {"conf": conf, "run_id": run_id, "full": args.full, "prune": args.prune, "selection": _selection(args), "inventory": args.inventory, "dry_run": dry_run}
 
 
 def preflight(args: argparse.Namespace, conf: Conf) -> None:
@@ -233,17 +211,15 @@ def preflight(args: argparse.Namespace, conf: Conf) -> None:
                 logger.warning("%s (the executors may have them: going on)", exc)  # what the driver sees is not what the executors see
             else:
                 raise
-    if v in ("predict", "run") and (not is_uri(args.model) or args.model.startswith("s3://")):  # other URIs are read once Spark is up
+    if v in ("predict", "run"):
+        from vidspark.fs import is_hadoop_uri
         from vidspark.model import load_model_dir
 
-        load_model_dir(args.model, storage=conf.storage)
+        if not is_hadoop_uri(args.model) or args.model.startswith("s3://"):  # other URIs are read once Spark is up
+            load_model_dir(args.model, storage=conf.storage)
 
 
 LAYOUT_SAMPLE = 20  # keys a job tries its layout on before Spark starts (none fitting: exit 2)
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def fail_line(exc: BaseException | str) -> str:
@@ -423,13 +399,10 @@ def _java_line() -> str:
 
 def _model_line(session: Any, model_dir: str, conf: Conf) -> str:
     from vidspark.backbone import featurizer_id
-    from vidspark.errors import ModelError
-    from vidspark.model import load_model_dir
+    from vidspark.model import check_compatible, load_model_dir
 
     model = load_model_dir(model_dir, spark=session, storage=conf.storage)
-    feat = featurizer_id(conf.featurizer, conf.storage)
-    if model.featurizer != feat:
-        raise ModelError(f"{model_dir} was trained on features of {model.featurizer!r}; this conf featurizes with {feat!r}")
+    check_compatible(model, featurizers=[featurizer_id(conf.featurizer, conf.storage)], feature_dim=None)
     return f"{model_dir}: classes {', '.join(model.classes)}; featurizer {model.featurizer} (matches the conf)"
 
 
@@ -439,7 +412,7 @@ def _plan(session: Any, args: argparse.Namespace, conf: Conf, run_id: str) -> An
     from vidspark.outputs import join
 
     features = join(args.output, "features") if args.model else args.output
-    s = featurize(session, input_uri=args.input, output=features, conf=conf, run_id=run_id, full=args.full, prune=args.prune, selection=_selection(args), inventory=args.inventory, dry_run=True)
+    s = featurize(session, input_uri=args.input, output=features, **_incremental_kwargs(args, conf, run_id, dry_run=True))
     prune_note = "" if args.prune else " with --prune"
     return pf.Finding(
         "plan",

@@ -13,10 +13,10 @@ from pyspark.sql import SparkSession
 
 from vidspark.backbone import featurizer_id
 from vidspark.config import Conf, VideoConf
-from vidspark.errors import ErrorFractionExceeded, ModelError
+from vidspark.errors import ErrorFractionExceeded
 from vidspark.featurize import featurize
 from vidspark.inventory import Selection
-from vidspark.model import load_model_dir
+from vidspark.model import check_compatible, load_model_dir
 from vidspark.outputs import delete_path, join, list_names, read_text, write_json
 from vidspark.predict import predict
 from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera
@@ -114,11 +114,7 @@ def run(
     """
     features_out = join(output, "features")
     model = load_model_dir(model_dir, spark=spark, storage=conf.storage)  # before any featurizing: a model that cannot predict these features ends the run now
-    feat_id = featurizer_id(conf.featurizer, conf.storage)
-    if model.featurizer != feat_id:
-        raise ModelError(
-            f"the model {model_dir} was trained on features of {model.featurizer!r} but this conf featurizes with {feat_id!r}: set featurizer.* as for the model, or train one on these features"
-        )
+    check_compatible(model, featurizers=[featurizer_id(conf.featurizer, conf.storage)], feature_dim=None)
     if dry_run:
         fs = featurize(spark, input_uri=input_uri, output=features_out, conf=conf, run_id=run_id, full=full, prune=prune, selection=selection, inventory=inventory, dry_run=True)
         return RunSummary(fs, {"dry_run": True, "model": model_dir, "model_sha256": model.meta.get("model_txt_sha256"), "classes": model.classes}, [])
