@@ -9,7 +9,7 @@ WHEEL := dist/vidspark-$(VERSION)-py3-none-any.whl
 ENV_ARCHIVE := dist/vidspark-$(VERSION)-env.tar.gz
 WHEEL_SOURCES := $(shell find vidspark -type f ! -path '*/__pycache__/*' ! -name '*.pyc') pyproject.toml setup.py README.md
 
-.PHONY: demo test test-all test-fast test-data lint java venv clean constraints dist bench bench-video bench-featurize bench-train bench-gpu bench-nightly
+.PHONY: demo test test-all test-fast test-data lint java venv clean browser constraints dist bench bench-video bench-featurize bench-train bench-gpu bench-nightly
 
 java:
 	@scripts/check_java.sh
@@ -35,8 +35,12 @@ test-data:
 	@PYTHON=$(PYTHON) scripts/fetch_real_videos.sh tests/data/real
 
 # The README's test command (CI runs it, then test-all): lint and every test not marked slow, within 10 minutes on 2 cores.
-test: java $(STAMP) lint test-data
+test: java $(STAMP) lint test-data browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Headless Chromium from Debian's packages, for the report page's browser test (nothing to do once installed).
+browser:
+	@scripts/install_browser.sh
 
 # The end-to-end tests marked slow: archive nights, the standalone cluster, faults, the corpus on Spark.
 test-all: java $(STAMP) test-data

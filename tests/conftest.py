@@ -99,3 +99,19 @@ def spark(s3_endpoint):
 def test_conf_args():
     """--set arguments every Spark test uses: seeded random weights, small batches."""
     return ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=16", "--set", "train.num_boost_round=60"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(spark, tmp_path_factory):
+    """One ``vidspark demo`` for the tests that read real outputs (tables, run records): its workdir and what it printed."""
+    import contextlib
+    import io
+
+    from vidspark.cli import main
+
+    work = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--workdir", str(work), "--set", "featurizer.image_size=32", "--set", "train.num_boost_round=30"], spark=spark)
+    assert code == 0, printed.getvalue()
+    return work, printed.getvalue()

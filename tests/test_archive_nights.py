@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import train_model
+from tests.helpers import prob_matrix, train_model
 from vidspark.cli import main
 from vidspark.synthetic import encode_video, jpeg_bytes, scene
 
@@ -135,13 +135,13 @@ def assert_same_tables(spark, night: Path, scratch: Path, label: str) -> None:
     ident = ["uri", "camera_id", "video_id", "frame_idx", "frame_ts", "date", "predicted_label", "smoothed_label"]
     pd.testing.assert_frame_equal(fa[ident], fb[ident], obj=f"{label} frame predictions")
     for col in ("probabilities", "smoothed_probabilities"):
-        np.testing.assert_allclose(np.stack(fa[col]), np.stack(fb[col]), atol=1e-6, err_msg=f"{label} {col}")
+        np.testing.assert_allclose(prob_matrix(fa[col]), prob_matrix(fb[col]), atol=1e-6, err_msg=f"{label} {col}")
 
     vids = ["camera_id", "video_id"]
     va, vb = table(spark, night / "predictions" / "videos", vids), table(spark, scratch / "predictions" / "videos", vids)
     vcols = ["camera_id", "video_id", "date", "start_ts", "end_ts", "n_frames", "dropped_frames", "label", "raw_label_switches", "smoothed_label_switches"]
     pd.testing.assert_frame_equal(va[vcols], vb[vcols], obj=f"{label} video predictions")
-    np.testing.assert_allclose(np.stack(va["mean_probabilities"]), np.stack(vb["mean_probabilities"]), atol=1e-6, err_msg=f"{label} video probabilities")
+    np.testing.assert_allclose(prob_matrix(va["mean_probabilities"]), prob_matrix(vb["mean_probabilities"]), atol=1e-6, err_msg=f"{label} video probabilities")
 
 
 def test_randomized_nights_equal_a_from_scratch_run(spark, model_dir, s3_client, bucket, tmp_path):

@@ -188,7 +188,10 @@ def test_real_recordings_through_featurize_make_a_clean_night(spark, real, tmp_p
     argv = ["featurize", "--input", str(archive.parent), "--output", str(out), "--layout", "{camera_id}/**", "--run-id", "real"]
     argv += ["--set", "featurizer.weights=random", "--set", "featurizer.image_size=32", "--set", "featurizer.batch_size=32"]
     assert main(argv, spark=spark) == 0
-    assert spark.read.parquet(str(tmp_path / "errors")).count() == 0
+    from vidspark.outputs import read_table
+    from vidspark.schemas import ERRORS_SCHEMA
+
+    assert read_table(spark, str(tmp_path / "errors"), ERRORS_SCHEMA).count() == 0
     rows = spark.read.parquet(str(out)).select("uri", "frame_idx", "dropped_frames").toPandas()
     per_video = rows.groupby(rows["uri"].map(lambda u: Path(u).name)).agg(n=("frame_idx", "size"), last=("frame_idx", "max"), dropped=("dropped_frames", "sum"))
     for name in names:

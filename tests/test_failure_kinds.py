@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import pytest
 
@@ -60,15 +62,17 @@ def test_a_failing_model_call_fails_the_task(monkeypatch):
 
 
 def test_one_errors_row_per_object_takes_stage_and_type_from_the_same_row(spark, tmp_path):
+    d = date(2026, 11, 20)
     rows = [
-        ("s3://b/v.mp4", "decode", "AAA", "decode problem", "r1"),
-        ("s3://b/v.mp4", "fetch", "ZZZ", "fetch problem", "r1"),
-        ("s3://b/x.jpg", "decode", "DecodeError", "not an image", "r1"),
+        ("s3://b/v.mp4", "decode", "AAA", "decode problem", "r1", "cam1", d),
+        ("s3://b/v.mp4", "fetch", "ZZZ", "fetch problem", "r1", "cam1", d),
+        ("s3://b/x.jpg", "decode", "DecodeError", "not an image", "r1", "cam2", d),
     ]
-    df = spark.createDataFrame(rows, schema="uri string, stage string, error_type string, message string, run_id string")
-    counts = write_errors(df, str(tmp_path / "errors"))
-    got = {r["uri"]: (r["stage"], r["error_type"]) for r in spark.read.parquet(str(tmp_path / "errors")).collect()}
-    assert got == {"s3://b/v.mp4": ("fetch", "ZZZ"), "s3://b/x.jpg": ("decode", "DecodeError")}
+    df = spark.createDataFrame(rows, schema="uri string, stage string, error_type string, message string, run_id string, camera_id string, date date")
+    objects = spark.createDataFrame([("s3://b/v.mp4", None)], "uri string, last_modified timestamp")
+    counts = write_errors(df, str(tmp_path / "errors"), objects=objects, timezone="UTC", max_rows_per_file=100)
+    got = {r["uri"]: (r["stage"], r["error_type"], r["camera_id"]) for r in spark.read.parquet(str(tmp_path / "errors")).collect()}
+    assert got == {"s3://b/v.mp4": ("fetch", "ZZZ", "cam1"), "s3://b/x.jpg": ("decode", "DecodeError", "cam2")}
     assert counts == {"fetch": 1, "decode": 1}
 
 

@@ -87,7 +87,7 @@ def test_interrupted_file_by_file_rename_is_finished_not_deleted(spark, tmp_path
     replace_partitions(spark, frame(spark, OLD), table, run_id="r1")
     many = [(f"n{i}", 9, "cam1", "2026-11-20") for i in range(6)]
     with pytest.raises(RuntimeError):
-        replace_partitions(spark, frame(spark, many).repartition(3), table, run_id="r2", _fail_after=0)
+        replace_partitions(spark, frame(spark, many), table, run_id="r2", max_rows_per_file=2, _fail_after=0)  # a partition of 3 files
     run_dir = tmp_path / "_staging" / "t" / "r2"
     target = tmp_path / "t" / "camera_id=cam1" / "date=2026-11-20"
     (run_dir / "trash" / "camera_id=cam1").mkdir(parents=True)

@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
-from vidspark.predict import label_switches, rolling_mean, with_smoothing
+from vidspark.predict import FRAME_ROWS, label_switches, rolling_mean, with_smoothing
 from vidspark.schemas import FRAME_PREDICTIONS_SCHEMA
 
 
@@ -55,9 +56,9 @@ def test_spark_smoothing_per_video_in_presentation_order(spark):
     rows.append(("s3://b/single.jpg", "e", "cam1", None, 0, t0, t0.date(), [0.2, 0.5, 0.3], "b"))
     order = rng.permutation(len(rows))
     schema = "uri string, etag string, camera_id string, video_id string, frame_idx long, frame_ts timestamp, date date, probabilities array<double>, label string"
-    df = spark.createDataFrame([rows[i] for i in order], schema=schema).repartition(3)
+    df = spark.createDataFrame([rows[i] for i in order], schema=schema).repartition(3).withColumn("model_id", F.lit("m")).withColumn("run_id", F.lit("r"))
     out = with_smoothing(df, classes=classes, window=5)
-    assert out.schema.fieldNames() == FRAME_PREDICTIONS_SCHEMA.fieldNames()
+    assert out.schema.fieldNames() == FRAME_ROWS.fieldNames() == FRAME_PREDICTIONS_SCHEMA.fieldNames()
     got = out.collect()
     assert len(got) == len(rows)
     for r in got:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -18,15 +17,15 @@ CLASSES = ["car", "person"]
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc)
 
 
-def frames_rows(camera: str, video: str, n: int, seed: int, *, folder: bool = False) -> list[tuple]:
+def frames_rows(camera: str, video: str, n: int, seed: int, *, folder: bool = False, classes: list[str] = CLASSES, model_id: str = "m-a", start: int = 0) -> list[tuple]:
     """Prediction rows of one video; ``folder``: a frame folder, whose frames share one time and are ordered by index."""
     rng = np.random.default_rng(seed)
     p_car = np.where(rng.uniform(size=n) < 0.7, 0.9, 0.1)
-    raw = np.stack([p_car, 1 - p_car], axis=1)
+    raw = np.stack([p_car, 1 - p_car, *([np.zeros(n)] * (len(classes) - 2))], axis=1)
     sm = rolling_mean(raw, 8)
     rows = []
-    for i in range(n):
-        r, s = raw[i], sm[i]
+    for i in range(start, start + n):
+        r, s = raw[i - start], sm[i - start]
         rows.append(
             (
                 f"s3://b/{camera}/{video}/f{i}.jpg" if folder else f"s3://b/{camera}/{video}.mp4",
@@ -36,15 +35,17 @@ def frames_rows(camera: str, video: str, n: int, seed: int, *, folder: bool = Fa
                 i,
                 T0 if folder else T0 + timedelta(seconds=i / 4),
                 date(2026, 11, 20),
-                [float(x) for x in r],
-                CLASSES[int(r.argmax())],
+                dict(zip(classes, map(float, r), strict=True)),
+                classes[int(r.argmax())],
                 float(r.max()),
-                [float(x) for x in s],
-                CLASSES[int(s.argmax())],
+                dict(zip(classes, map(float, s), strict=True)),
+                classes[int(s.argmax())],
                 float(s.max()),
                 T0,
                 0,
                 None,
+                model_id,
+                "run-1",
             )
         )
     return rows
@@ -54,8 +55,9 @@ def frames_rows(camera: str, video: str, n: int, seed: int, *, folder: bool = Fa
 def predictions(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("pred")
     rows = frames_rows("cam1", "v1", 40, 1) + frames_rows("cam2", "v1", 10, 2) + frames_rows("cam2", "v2", 12, 3) + frames_rows("cam3", "folder", 12, 4, folder=True)
+    # a video whose first frames an older model (car, person) predicted, and the rest a retrained one that added "bike"
+    rows += frames_rows("cam4", "retrained", 10, 5) + frames_rows("cam4", "retrained", 10, 6, classes=[*CLASSES, "bike"], model_id="m-b", start=10)
     write_partitioned(spark.createDataFrame(rows, schema=FRAME_PREDICTIONS_SCHEMA), str(root / "frames"))
-    (root / "predict.json").write_text(json.dumps({"classes": CLASSES}))
     return root
 
 
@@ -78,12 +80,29 @@ def test_ambiguous_or_unknown_video_is_a_clear_error(spark, predictions, tmp_pat
     err = capsys.readouterr().err
     assert "no frames of video 'nope'" in err and "v1" in err
     assert main(["timeline", "--predictions", str(tmp_path), "--video", "v1", "--out", str(out)], spark=spark) == 2
-    assert "predict.json" in capsys.readouterr().err
+    assert "no frames/ table" in capsys.readouterr().err
 
 
 def test_fixture_has_flicker_that_smoothing_reduces():
     rows = frames_rows("c", "v", 40, 1)
     assert label_switches(np.array([r[8] for r in rows])) > label_switches(np.array([r[11] for r in rows]))
+
+
+def test_rows_of_two_models_decode_together(spark, predictions, tmp_path):
+    """Each row names its classes: frames of the model before a retrain and after it decode side by side."""
+    from vidspark.timeline import decode_probabilities, video_frames
+
+    pdf, _ = video_frames(spark, str(predictions), video_id="retrained")
+    assert set(pdf["model_id"]) == {"m-a", "m-b"}
+    classes = decode_probabilities(pdf)
+    assert classes == ["car", "person", "bike"]
+    raw = np.stack(pdf["probabilities"].to_numpy())
+    old = (pdf["model_id"] == "m-a").to_numpy()
+    assert np.isnan(raw[old, 2]).all() and not np.isnan(raw[~old]).any()  # the old model had no "bike"
+    assert np.allclose(raw[:, 0] + raw[:, 1], 1.0)  # car and person decode from either model's rows
+    out = tmp_path / "retrained.png"
+    assert main(["timeline", "--predictions", str(predictions), "--video", "retrained", "--out", str(out)], spark=spark) == 0
+    assert Image.open(out).size[0] > 600
 
 
 def test_a_frame_folder_is_drawn_in_frame_order(spark, predictions, tmp_path):

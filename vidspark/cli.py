@@ -46,33 +46,92 @@ def _dry_run(p: argparse.ArgumentParser) -> None:
 def _incremental(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="featurize every selected object again, even those unchanged since the last run")
     p.add_argument("--prune", action="store_true", help="remove rows of objects no longer listed under the prefixes this run lists (default: keep them)")
-    p.add_argument("--since", help="only objects whose {ts} (else {date}, else last-modified) is at or after this UTC date/time, e.g. 2026-11-20 or 2026-11-20T06:00")
-    p.add_argument("--until", help="only objects before this UTC date/time (exclusive)")
+    p.add_argument(
+        "--since",
+        help="only objects whose {ts} (else {date}, else last-modified) is at or after this time: an ISO date or date-time, in input.timezone (default UTC) "
+        "unless it has an offset (2026-11-20T22:00+01:00, 2026-11-20T21:00Z) or a zone (2026-11-20T22:00 Europe/Berlin, 2026-11-20T22:00[Europe/Berlin]); a date alone is its midnight",
+    )
+    p.add_argument("--until", help="only objects before this time (exclusive); the same forms as --since")
     p.add_argument("--cameras", help="only these cameras, comma-separated")
     p.add_argument("--inventory", metavar="MANIFEST", help="list the input from this S3 Inventory report (s3://.../manifest.json) instead of listing the bucket")
 
 
-def parse_when(flag: str, text: str | None) -> datetime | None:
-    """``--since``/``--until`` value: ISO date or date-time, UTC unless it has an offset.
+WHEN_FORMS = (
+    "an ISO date or date-time: naive (in input.timezone) such as 2026-11-20 or 2026-11-20T22:00, with an offset such as 2026-11-20T22:00+01:00 or 2026-11-20T21:00Z, "
+    "or with an IANA zone such as 2026-11-20T22:00 Europe/Berlin, 2026-11-20T22:00[Europe/Berlin] or 2026-11-20 Europe/Berlin"
+)
+_BRACKETED_ZONE = re.compile(r"(?P<when>[^\[\]]*?)\s*\[(?P<zone>[^\[\]]*)\]")
+
+
+def _iso(text: str) -> datetime:
+    """``datetime.fromisoformat``, with a trailing ``Z`` for UTC (Python 3.10 does not take it)."""
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
+
+
+def _is_iso(text: str) -> bool:
+    try:
+        _iso(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_when(flag: str, text: str | None, *, default_zone: str = "UTC") -> datetime | None:
+    """A ``--since``/``--until`` value as a UTC instant.
+
+    Accepted: an ISO date or date-time with an offset (``2026-11-20T22:00+01:00``, ``...Z``), with
+    an IANA zone after a space or in brackets (``2026-11-20T22:00 Europe/Berlin``,
+    ``2026-11-20T22:00[Europe/Berlin]``), or naive, in ``default_zone``. A date alone is its local
+    midnight. A local time that occurs twice (clocks going back) is its first occurrence, one that
+    does not exist (clocks going forward) is read with the offset before the change; an offset
+    together with a zone picks the occurrence and must be the zone's offset at that time.
+
+    Parameters
+    ----------
+    flag
+        The option, for messages (``--since``).
+    text
+        The value; None gives None.
+    default_zone
+        IANA zone of a value without offset or zone (``input.timezone``).
 
     Raises
     ------
     ConfigError
-        Naming the flag and the accepted forms.
+        Naming the option, the value and the accepted forms.
     """
     if text is None:
         return None
+    from vidspark.layout import get_zone, local_datetime
+
+    raw = text.strip()
+    when, zone_name = raw, None
+    bracketed = _BRACKETED_ZONE.fullmatch(raw)
+    if bracketed:
+        when, zone_name = bracketed["when"], bracketed["zone"].strip()
+    if not bracketed and " " in when and not _is_iso(when):  # "2026-11-20T22:00 Europe/Berlin" (but "2026-11-20 22:00" is ISO)
+        when, _, zone_name = when.rpartition(" ")
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"{flag} {text!r}: expected an ISO date or date-time such as 2026-11-20 or 2026-11-20T06:00:00Z") from exc
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = _iso(when.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: not a date or time vidspark reads; expected {WHEN_FORMS}") from None
+    name = zone_name if zone_name is not None else default_zone
+    try:
+        tz = get_zone(name)
+    except ConfigError:
+        raise ConfigError(f"{flag} {text!r}: {name!r} is not a known IANA time zone; expected {WHEN_FORMS}") from None
+    if value.tzinfo is None:
+        return local_datetime(value, tz)
+    if zone_name is not None and value.astimezone(tz).utcoffset() != value.utcoffset():
+        raise ConfigError(f"{flag} {text!r}: offset {value.strftime('%z')} is not {zone_name}'s at that time ({value.astimezone(tz).strftime('%z')}); give the offset or the zone alone")
+    return value.astimezone(timezone.utc)
 
 
-def _selection(args: argparse.Namespace) -> Any:
+def _selection(args: argparse.Namespace, conf: Conf) -> Any:
     from vidspark.inventory import Selection
 
-    since, until = parse_when("--since", getattr(args, "since", None)), parse_when("--until", getattr(args, "until", None))
+    zone = conf.input.timezone
+    since, until = parse_when("--since", getattr(args, "since", None), default_zone=zone), parse_when("--until", getattr(args, "until", None), default_zone=zone)
     if since and until and since >= until:
         raise ConfigError(f"--since {args.since} is not before --until {args.until}")
     cameras = frozenset(c.strip() for c in args.cameras.split(",") if c.strip()) if getattr(args, "cameras", None) else None
@@ -115,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output root: features/, errors/, predictions/, runs/")
     p.add_argument("--layout")
     p.add_argument("--window", type=int)
+    p.add_argument("--report", metavar="HTML", help="at the end, write this run's report page (as `vidspark report`) to this local HTML file")
     _incremental(p)
     _dry_run(p)
     _common(p)
@@ -130,10 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("timeline", help="one video's raw and smoothed class probabilities over time, as a PNG")
-    p.add_argument("--predictions", required=True, help="the folder `vidspark predict --output` wrote (frames/, videos/, predict.json)")
+    p.add_argument("--predictions", required=True, help="the folder `vidspark predict --output` wrote (frames/, videos/)")
     p.add_argument("--video", required=True, help="video_id as in predictions/videos")
     p.add_argument("--camera", help="camera_id, when the video id exists in several cameras")
     p.add_argument("--out", required=True, help="PNG file to write (local path)")
+    _common(p)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a run: counts, timings, errors, labels, flicker, outputs")
+    p.add_argument("--output", required=True, help="the output root a run wrote (runs/, errors/, predictions/)")
+    p.add_argument("--html", required=True, help="HTML file to write (local path)")
+    p.add_argument("--run", dest="report_run", metavar="RUN_ID", help="the run to report (default: the latest `vidspark run` record in OUTPUT/runs)")
+    p.add_argument("--top", type=int, default=5, help="show this many videos with the most label switches, with their timelines (default 5)")
+    _common(p)
+
+    p = sub.add_parser("ddl", help="CREATE statements for the output tables (Spark SQL, Trino, Athena with partition projection, DuckDB)")
+    p.add_argument("--output", required=True, help="the output root a run wrote (features/, errors/, predictions/)")
+    p.add_argument("--engine", default="spark", choices=["spark", "trino", "athena", "duckdb"], help="SQL dialect (default spark)")
+    p.add_argument("--database", default="vidspark", help="database (schema) for the tables (default vidspark)")
+    p.add_argument("--catalog", default="hive", help="Trino: the Hive catalog (default hive)")
+    p.add_argument("--athena-cameras", choices=["found", "injected"], default="found", help="Athena: project the camera ids found now (default) or inject them from each query")
     _common(p)
 
     p = sub.add_parser("demo", help="synthetic archive -> featurize -> train -> predict, with a summary")
@@ -165,7 +240,7 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
         kw = _incremental_kwargs(args, conf, run_id, dry_run=dry)
         return (lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, errors_output=args.errors, **kw)), None if dry else outputs.sibling(args.output, "runs")
     if v == "train":
-        return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf)), outputs.sibling(args.model, "runs")
+        return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf, run_id=run_id)), outputs.sibling(args.model, "runs")
     if v == "predict":
         return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf, run_id=run_id, dry_run=dry)), None if dry else outputs.join(
             args.output, "runs"
@@ -177,6 +252,10 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
         from vidspark import timeline
 
         return (lambda s: timeline.timeline(s, predictions=args.predictions, video_id=args.video, camera_id=args.camera, out=args.out)), None
+    if v == "report":
+        from vidspark import report
+
+        return (lambda s: report.report(s, output=args.output, html=args.html, run_id=args.report_run, top=args.top)), None
     if v == "demo":
         return (lambda s: pipeline.demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), outputs.join(args.workdir, "output", "runs")
     raise ConfigError(f"unknown verb {v!r}")  # pragma: no cover - argparse restricts verbs
@@ -184,7 +263,7 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
 
 def _incremental_kwargs(args: argparse.Namespace, conf: Conf, run_id: str, *, dry_run: bool) -> dict[str, Any]:
     """The arguments featurize and run (and check's plan) take from the incremental flags."""
-    return {"conf": conf, "run_id": run_id, "full": args.full, "prune": args.prune, "selection": _selection(args), "inventory": args.inventory, "dry_run": dry_run}
+    return {"conf": conf, "run_id": run_id, "full": args.full, "prune": args.prune, "selection": _selection(args, conf), "inventory": args.inventory, "dry_run": dry_run}
 
 
 def preflight(args: argparse.Namespace, conf: Conf) -> None:
@@ -269,8 +348,17 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
         conf = _load(args)
         configure_logging(args.log_level, framework_logs=conf.job.framework_logs)
         log_effective(conf)
+        if args.verb in ("predict", "run", "check") and getattr(args, "model", None):
+            from vidspark.tracking import resolve_model
+
+            resolved = resolve_model(args.model)  # models:/NAME@ALIAS, runs:/RUN_ID/model: a local copy; anything else unchanged
+            if resolved != args.model:
+                args.model_uri, args.model = args.model, resolved  # the run record keeps both
         if args.verb == "check":
             return check(args, conf, run_id, spark=spark)
+        if args.verb == "ddl":
+            print(ddl_script(args, conf), end="")
+            return EXIT_OK
         if spark is None and importlib.util.find_spec("pyspark") is None:
             raise EnvironmentProblem("pyspark is not installed: pip install 'vidspark[spark]' for local runs, or run the job with your Spark's spark-submit (submit.sh)")
         fn, runs_dir = _job_fn(args, conf, run_id)
@@ -343,11 +431,23 @@ def main(argv: Sequence[str] | None = None, *, spark: Any | None = None) -> int:
             status, code, message = "failed", 1, f"{type(exc).__name__}: {exc}"
             logger.error("%s failed (a bug or an unforeseen failure; exit 1):\n%s", args.verb, traceback.format_exc())
     write_record()
+    if getattr(args, "report", None) and session is not None and not getattr(args, "dry_run", False):
+        write_report(session, args, run_id)
     if status == "ok" or code == 4:
         print(render_summary(summary) if args.verb == "demo" else json.dumps(record()["summary"], indent=2, default=str))
     if own_session and session is not None:
         session.stop()
     return code
+
+
+def write_report(session: Any, args: argparse.Namespace, run_id: str) -> None:
+    """``run --report``: this run's report page, from the record just written; a page that cannot be made is a warning, not the run's exit code."""
+    try:
+        from vidspark.report import report
+
+        logger.info("report of run %s: %s", run_id, report(session, output=args.output, html=args.report, run_id=run_id)["html"])
+    except Exception as exc:  # the run's outputs and exit code stand; only the page is missing
+        logger.warning("could not write the report %s: %s", args.report, exc)
 
 
 def check(args: argparse.Namespace, conf: Conf, run_id: str, *, spark: Any | None = None) -> int:
@@ -421,6 +521,38 @@ def _plan(session: Any, args: argparse.Namespace, conf: Conf, run_id: str) -> An
         0,
         [f"{s['listed']} objects listed, {s['selected']} selected, {s['videos']} videos, {s['layout_errors']} do not fit the layout; features {features}"],
     )
+
+
+def ddl_script(args: argparse.Namespace, conf: Conf) -> str:
+    """``vidspark ddl``: the statements, with Athena's cameras and first date from the output's partition folders (no Spark)."""
+    from vidspark import ddl
+
+    cameras, first = None, None
+    if args.engine == "athena" and args.athena_cameras == "found":
+        cameras, first = ddl.found_partitions(args.output, list_names=_names_lister(args.output, conf))
+    return ddl.ddl(args.output, engine=args.engine, database=args.database, catalog=args.catalog, cameras=cameras or None, first_date=first)
+
+
+def _names_lister(output: str, conf: Conf) -> Callable[[str], list[str]]:
+    """Names in a folder of a local or ``s3://``/``s3a://`` output (other schemes: none, so Athena injects the camera)."""
+    import os
+
+    if "://" not in output or output.startswith("file://"):
+        return lambda folder: sorted(os.listdir(folder.removeprefix("file://"))) if os.path.isdir(folder.removeprefix("file://")) else []
+    if not re.match(r"s3[an]?://", output):
+        return lambda folder: []
+    from vidspark.storage import make_s3_client, split_s3_uri
+
+    client = make_s3_client(conf.storage)
+
+    def s3_names(folder: str) -> list[str]:
+        bucket, key = split_s3_uri(re.sub(r"^s3[an]://", "s3://", folder))
+        names: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/", Delimiter="/"):
+            names += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", [])]
+        return sorted(names)
+
+    return s3_names
 
 
 def render_summary(s: DemoSummary) -> str:

@@ -41,6 +41,8 @@ class InputConf:
     date_format: str = "%Y-%m-%d"
     list_parallelism: int = 16  # listing tasks at once (each lists some of the planned prefixes)
     max_list_children: int = 10_000  # a delimiter listing with more children than this is not expanded further
+    timezone: str = "UTC"  # IANA zone a {ts} without an offset and a {date} are in
+    timezones: Mapping[str, str] = field(default_factory=dict)  # camera_id -> IANA zone, over `timezone`
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class JobConf:
     rows_per_task: int = 256
     progress_seconds: float = 30.0  # a progress line this often while featurize and predict run; 0 = none
     framework_logs: bool = False  # true: TensorFlow/absl/CUDA start-up notices as they come (off: filtered out)
+    target_file_mb: float = 128.0  # Parquet files per partition are cut at about this size (rows per file from the table's row size)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class TrainConf:
     num_boost_round: int = 400
     early_stopping_rounds: int = 30
     max_rows: int = 200_000
+    register_model: str | None = None  # NAME or NAME@ALIAS: register the trained model in MLflow (needs MLFLOW_TRACKING_URI)
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -187,6 +191,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "job.max_error_fraction": (0.0, 1.0),
     "job.rows_per_task": (1, None),
     "job.progress_seconds": (0.0, None),
+    "job.target_file_mb": (1.0, None),
     "train.folds": (2, 100),
     "train.num_boost_round": (1, 100_000),
     "train.early_stopping_rounds": (0, 100_000),
@@ -237,6 +242,13 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _validate_value(key: str, value: Any) -> None:
+    if key == "input.timezone":
+        _validate_zone(key, value)
+    if key == "input.timezones":
+        for camera, name in value.items():
+            if not isinstance(camera, str):
+                raise ConfigError(f"conf key {key!r}: camera id {camera!r} is a {type(camera).__name__}; allowed: camera ids as strings (quote it in YAML: '{camera}': {name})")
+            _validate_zone(f"{key}.{camera}", name)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"conf key {key!r}: {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}")
     if key in _RANGES and value is not None:
@@ -244,6 +256,14 @@ def _validate_value(key: str, value: Any) -> None:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
             raise ConfigError(f"conf key {key!r}: {value!r} is out of range; allowed: {bounds}")
+
+
+def _validate_zone(key: str, value: Any) -> None:
+    from vidspark.layout import get_zone
+
+    if not isinstance(value, str):
+        raise ConfigError(f"conf key {key!r}: expected an IANA time zone name (str), got {value!r} ({type(value).__name__})")
+    get_zone(value, what=f"conf key {key!r}")  # ConfigError naming the key, the value and what is allowed
 
 
 def from_dict(raw: Mapping[str, Any] | None) -> Conf:
@@ -294,7 +314,11 @@ def from_dict(raw: Mapping[str, Any] | None) -> Conf:
 def _validate_cross(conf: Conf) -> None:
     from vidspark.layout import Layout
 
-    Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)  # raises LayoutError (a ConfigError) naming the problem
+    Layout.from_conf(conf.input)  # raises LayoutError (a ConfigError) naming the problem
+    if conf.train.register_model:
+        from vidspark.tracking import registration_target
+
+        registration_target(conf.train.register_model, key="conf key 'train.register_model'")
     if conf.video.fps is not None and conf.video.every_n_frames != 1:
         raise ConfigError(
             f"conf keys 'video.fps' ({conf.video.fps}) and 'video.every_n_frames' ({conf.video.every_n_frames}) are both set; allowed: one of them (leave every_n_frames at 1 to sample by fps)"
@@ -327,10 +351,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if key.startswith("spark."):
         return ["spark", key], value
     parts = key.split(".")
-    if len(parts) == 3 and parts[:2] == ["train", "params"]:
+    if len(parts) == 3 and parts[:2] in (["train", "params"], ["input", "timezones"]):
         return parts, value
     if len(parts) != 2:
-        raise ConfigError(f"--set {item!r}: key must be section.key, for example predict.window=64")
+        raise ConfigError(f"--set {item!r}: key must be section.key (or train.params.NAME, input.timezones.CAMERA), for example predict.window=64")
     return parts, value
 
 

@@ -9,7 +9,8 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.outputs import read_partitions, read_table, table_exists, write_table
+from vidspark.inventory import UNKNOWN_CAMERA
+from vidspark.outputs import append_partitioned, read_partitions, read_table, table_exists
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA
 
 
@@ -139,14 +140,18 @@ def merged_features(spark: SparkSession, output: str, *, new_df: DataFrame | Non
     return keep_df if new_df is None else new_df.unionByName(keep_df)
 
 
-def write_errors(errors_df: DataFrame, path: str, *, empty: bool = False) -> dict[str, int]:
-    """Write one errors row per object (a video's segments joined; its earliest stage in the pipeline wins); returns counts by stage.
+def write_errors(errors_df: DataFrame, path: str, *, objects: DataFrame, timezone: str, max_rows_per_file: int, empty: bool = False) -> dict[str, int]:
+    """Append one errors row per object to the errors history (a video's segments joined; its earliest stage wins); returns counts by stage.
 
-    ``empty``: nothing failed (the caller knows from its own counts), so the table is written empty
-    without the aggregation and counting jobs.
+    ``errors_df``: ``uri, stage, error_type, message, run_id, camera_id, date`` (camera and date null
+    where the key did not parse). ``objects``: the listing's ``uri, last_modified``, joined in. A row
+    without a camera is ``unknown``'s, dated by the object's last-modified day in ``timezone`` (that camera's zone).
+    ``empty``: nothing failed (the caller knows from its own counts): no aggregation or counting job;
+    the table is created empty if it does not exist yet, so readers always find it.
     """
     if empty:
-        write_table(errors_df.limit(0), path)
+        if not table_exists(errors_df.sparkSession, path):
+            append_partitioned(errors_df.sparkSession.createDataFrame([], ERRORS_SCHEMA), path, max_rows_per_file=max_rows_per_file)
         return {}
     order = F.when(F.col("stage") == "layout", 0).when(F.col("stage") == "fetch", 1).when(F.col("stage") == "decode", 2).otherwise(3)
     agg_df = (
@@ -156,9 +161,18 @@ def write_errors(errors_df: DataFrame, path: str, *, empty: bool = False) -> dic
             F.min(F.struct("_order", "stage", "error_type")).alias("_first"),  # one row's stage and type: the earliest stage's
             F.array_join(F.slice(F.array_sort(F.collect_set("message")), 1, 5), " | ").alias("message"),
             F.min("run_id").alias("run_id"),
+            F.min("camera_id").alias("camera_id"),
+            F.min("date").alias("date"),
         )
         .withColumn("stage", F.col("_first.stage"))
         .withColumn("error_type", F.col("_first.error_type"))
+        .join(objects.select("uri", "last_modified").dropDuplicates(["uri"]), "uri", "left")
     )
-    write_table(agg_df.select(*ERRORS_SCHEMA.fieldNames()), path)
-    return {r["stage"]: int(r["count"]) for r in agg_df.groupBy("stage").count().collect()}
+    local_day = F.expr(f"date_from_unix_date(CAST(floor(unix_micros(from_utc_timestamp(last_modified, '{timezone}')) / 86400000000) AS INT))")
+    agg_df = agg_df.withColumn("camera_id", F.coalesce("camera_id", F.lit(UNKNOWN_CAMERA))).withColumn("date", F.coalesce("date", local_day, F.current_date()))
+    agg_df = agg_df.select(*ERRORS_SCHEMA.fieldNames()).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        append_partitioned(agg_df, path, max_rows_per_file=max_rows_per_file)
+        return {r["stage"]: int(r["count"]) for r in agg_df.groupBy("stage").count().collect()}
+    finally:
+        agg_df.unpersist()

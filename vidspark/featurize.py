@@ -29,9 +29,9 @@ from vidspark.errors import ConfigError
 from vidspark.feature_store import StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
 from vidspark.frames import VERSIONS_KEY, TaskStats, with_features, with_segments
 from vidspark.inventory import Selection, build_inventory
-from vidspark.layout import Layout
+from vidspark.layout import Layout, TimeZones
 from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
-from vidspark.outputs import partition_path, recover_table, replace_partitions, sibling
+from vidspark.outputs import ROW_BYTES_FEATURES, partition_path, recover_table, replace_partitions, rows_per_file, sibling
 from vidspark.progress import Progress
 from vidspark.s3_inventory import inventory_listing, read_manifest
 from vidspark.schemas import FEATURES_SCHEMA, WORK_SCHEMA
@@ -115,7 +115,7 @@ def featurize(
     if inventory and prune:
         raise ConfigError("--prune needs a live listing: an inventory report is up to a day old, and objects uploaded since it would lose their rows")
     stats = spark.sparkContext.accumulator({}, TaskStats())
-    layout = Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)
+    layout = Layout.from_conf(conf.input)
     sel = selection or Selection()
     plan = plan_listing(layout, since=sel.since, until=sel.until, cameras=sel.cameras, gap_seconds=conf.events.gap_seconds)
     listing_df, listing = _listing(spark, location, client, plan, conf, inventory=inventory)
@@ -165,10 +165,11 @@ def featurize(
 
         work, plan_errors, n_work = _split_long_videos(spark, diff.todo, conf, timings, stack)
         errors_output = errors_output or sibling(output, "errors")
-        driver_errors = inv.errors.unionByName(plan_errors) if plan_errors is not None else inv.errors
+        layout_errors = inv.errors.withColumn("camera_id", F.lit(None).cast("string")).withColumn("date", F.lit(None).cast("date"))  # the key did not say
+        driver_errors = layout_errors.unionByName(plan_errors) if plan_errors is not None else layout_errors
         n_driver_errors = counts["layout_errors"] + (plan_errors.count() if plan_errors is not None else 0)
         outcome = _featurize_and_write(spark, work, n_work, conf, feat_id=feat_id, output=output, errors_output=errors_output, run_id=run_id, driver_errors=driver_errors,
-                                       n_driver_errors=n_driver_errors, diff=diff, on_partitions=on_partitions, stats=stats, timings=timings)  # fmt: skip
+                                       n_driver_errors=n_driver_errors, diff=diff, on_partitions=on_partitions, stats=stats, timings=timings, objects=inv.parsed)  # fmt: skip
     n_errors = sum(outcome.errors_by_stage.values())
     summary = {
         "input": input_uri,
@@ -248,7 +249,7 @@ def _split_long_videos(spark: SparkSession, todo: DataFrame, conf: Conf, timings
     n_segments = segments.count()
     timings["split_s"] = time.perf_counter() - t_plan
     logger.info("split %d large videos into %d segments", n_big, n_segments)
-    errors = planned.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message")
+    errors = planned.where(F.col("stage").isNotNull()).select("uri", "stage", "error_type", "message", "camera_id", "date")
     return todo.where(~big).unionByName(segments), errors, n_todo - n_big + n_segments
 
 
@@ -280,6 +281,7 @@ def _featurize_and_write(
     on_partitions: Callable[[list[tuple[str, str]]], None] | None,
     stats: Any,
     timings: dict[str, float],
+    objects: DataFrame,
 ) -> _Outcome:
     """Run the featurize stage over ``work``, swap the affected partitions of the store in, write errors/."""
     t1 = time.perf_counter()
@@ -291,7 +293,7 @@ def _featurize_and_write(
         n_still = work.where(F.col("kind") != "video").count()
         num_tasks = min(n_work, max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + n_work - n_still))
         session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-        result_df = with_features(work, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats)
+        result_df = with_features(work, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats, iconf=conf.input)
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if result_df is not None:
@@ -307,7 +309,7 @@ def _featurize_and_write(
             ok_uris = result_df.where(ok).select("uri").distinct()
             timings["featurize_s"] = time.perf_counter() - t1
             if task_errors:
-                errors_df = errors_df.unionByName(result_df.where(~ok).select("uri", "stage", "error_type", "message", F.lit(run_id).alias("run_id")))
+                errors_df = errors_df.unionByName(result_df.where(~ok).select("uri", "stage", "error_type", "message", "camera_id", "date", F.lit(run_id).alias("run_id")))
         drop_uris, replaced = diff.drop(ok_uris)
         drop_uris = drop_uris.persist(StorageLevel.MEMORY_AND_DISK)  # decided before the store changes
         outcome.replaced = replaced.count()
@@ -318,9 +320,13 @@ def _featurize_and_write(
                 on_partitions(outcome.partitions)
             new_df = result_df.where(F.col("stage").isNull()).select(*FEATURES_SCHEMA.fieldNames()) if result_df is not None else None
             merged_df = merged_features(spark, output, new_df=new_df, affected=outcome.partitions, drop_uris=drop_uris)
-            replace_partitions(spark, merged_df, output, run_id=run_id, scope=[partition_path(c, d) for c, d in outcome.partitions])
+            scope = [partition_path(c, d) for c, d in outcome.partitions]
+            replace_partitions(spark, merged_df, output, run_id=run_id, scope=scope, max_rows_per_file=rows_per_file(conf.job.target_file_mb, row_bytes=ROW_BYTES_FEATURES))
         drop_uris.unpersist()
-        outcome.errors_by_stage = write_errors(errors_df, errors_output, empty=not n_driver_errors and not task_errors)
+        unknown_zone = TimeZones.from_conf(conf.input).name(None)  # rows whose key gave no camera
+        outcome.errors_by_stage = write_errors(
+            errors_df, errors_output, objects=objects, timezone=unknown_zone, max_rows_per_file=rows_per_file(conf.job.target_file_mb), empty=not n_driver_errors and not task_errors
+        )
         timings["write_s"] = time.perf_counter() - t2
     finally:
         if result_df is not None:

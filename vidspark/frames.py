@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,11 @@ from pyspark import AccumulatorParam
 from pyspark.sql import DataFrame
 
 from vidspark.backbone import cached_model, featurize_arrays
-from vidspark.config import FeaturizerConf, StorageConf, VideoConf
+from vidspark.config import FeaturizerConf, InputConf, StorageConf, VideoConf
 from vidspark.errors import error_message, raised_in_vidspark
 from vidspark.imaging import decode_image
 from vidspark.inventory import key_without_extension
+from vidspark.layout import TimeZones
 from vidspark.schemas import FEATURIZE_RESULT_SCHEMA, IDENTITY_FIELDS, PLAN_SCHEMA
 from vidspark.storage import cached_s3_client, read_object
 from vidspark.video import WHOLE, DecodeReport, Segment, VideoFrame, decode_frames, probe_segments
@@ -100,19 +102,27 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
     return {**{c: row[c] for c in _IDENTITY_COLUMNS}, "object_ts": row["frame_ts"]}
 
 
-def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "UTC") -> dict[str, Any]:
-    """A video frame's identity: its time is the object's start plus its pts; its date is the UTC date, as for stills.
+def _frame_identity(row: dict[str, Any], frame: VideoFrame, session_tz: str = "UTC", zones: TimeZones | None = None) -> dict[str, Any]:
+    """A video frame's identity: its time is the object's start plus its pts; its date is the frame's date in the camera's zone, as for stills.
 
     Timestamps reach ``mapInPandas`` naive, in the session time zone, and must leave the same way.
+    A video across local midnight has frames on two dates.
     """
     ident = _identity(row)
     start = pd.Timestamp(row["frame_ts"])
     start = start.tz_localize(session_tz) if start.tzinfo is None else start
     ts = (start + pd.Timedelta(microseconds=round(frame.seconds * 1_000_000))).tz_convert("UTC")
+    local = local_date_of(ts, row["camera_id"], zones)
     ident.update(
-        video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts.tz_convert(session_tz).tz_localize(None), date=ts.date(), dropped_frames=frame.dropped_before
+        video_id=row["video_id"] or key_without_extension(row["key"]), frame_idx=frame.idx, frame_ts=ts.tz_convert(session_tz).tz_localize(None), date=local, dropped_frames=frame.dropped_before
     )
     return ident
+
+
+def local_date_of(ts: pd.Timestamp, camera_id: str | None, zones: TimeZones | None) -> date:
+    """The date of the instant ``ts`` (tz-aware) in the camera's zone (UTC without ``zones``)."""
+    instant = ts.to_pydatetime()
+    return instant.astimezone(zones.zone(camera_id)).date() if zones is not None else instant.date()
 
 
 def _error_stage(source: Any) -> str:
@@ -173,15 +183,19 @@ class _Stopped(Exception):
 _DONE = object()
 
 
-def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, featurizer_id: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None) -> Any:
+def make_featurize_fn(
+    fconf: FeaturizerConf, sconf: StorageConf, featurizer_id: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None, *, iconf: InputConf | None = None
+) -> Any:
     """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
 
     A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
     a look-ahead of two model batches, videos streamed and decoded in order) and hands them over a
     bounded queue; the task's own thread runs the model on full batches. Memory is bounded by the
-    queue, the look-ahead and the model batch, whatever the objects' sizes.
+    queue, the look-ahead and the model batch, whatever the objects' sizes. ``iconf`` gives the
+    cameras' zones, which date a video's frames.
     """
     vconf = vconf or VideoConf()
+    zones = TimeZones.from_conf(iconf) if iconf is not None else None
 
     def featurize_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         t_task = time.perf_counter()
@@ -210,7 +224,7 @@ def make_featurize_fn(fconf: FeaturizerConf, sconf: StorageConf, featurizer_id: 
                 segment = segment_of(row) if segment is None else segment
                 source = open_source(row["uri"], size=opt_int(row["size"]) or 0, etag=row["etag"], sconf=sconf, vconf=vconf)
                 for frame in decode_frames(source, vconf, size=fconf.image_size, segment=segment, report=report, stall_timeout_s=fconf.decode_timeout_s):
-                    put((_frame_identity(row, frame, session_tz), frame.pixels, None))
+                    put((_frame_identity(row, frame, session_tz, zones), frame.pixels, None))
             except _Stopped:
                 raise
             except Exception as exc:  # anything PyAV or the reader raises is this video's errors row; a bug fails the task
@@ -336,7 +350,7 @@ def _run_model(
             if nonfinite:
                 records.append({**ident, "stage": "featurize", "error_type": "NonFiniteFeatures", "message": "model output has NaN or inf"})
             else:
-                records.append({**ident, "features": vec, "featurizer": featurizer_id})
+                records.append({**ident, "features": vec, "featurizer": featurizer_id, "framework": getattr(model, "versions", None)})
     records.extend(failed)
     timing["errors"] = timing.get("errors", 0.0) + float(len(failed) + int(bad.sum() if batch else 0))
     out = pd.DataFrame({c: [r.get(c) for r in records] for c in _RESULT_COLUMNS})  # absent keys are None, not NaN
@@ -355,6 +369,7 @@ def with_features(
     num_tasks: int | None = None,
     session_tz: str = "UTC",
     stats: Any | None = None,
+    iconf: InputConf | None = None,
 ) -> DataFrame:
     """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
@@ -364,6 +379,8 @@ def with_features(
         Rows of ``WORK_SCHEMA``.
     fconf, sconf, vconf
         Featurizer, storage and video settings (shipped to executors with the function).
+    iconf
+        Input settings: the cameras' zones, which give a video frame its local ``date`` (None: UTC dates).
     featurizer_id
         Featurizer id written with every features row.
     num_tasks
@@ -377,7 +394,7 @@ def with_features(
         ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
     """
     df = work_df.repartition(num_tasks) if num_tasks else work_df
-    return df.mapInPandas(make_featurize_fn(fconf, sconf, featurizer_id, vconf, session_tz, stats), schema=FEATURIZE_RESULT_SCHEMA)
+    return df.mapInPandas(make_featurize_fn(fconf, sconf, featurizer_id, vconf, session_tz, stats, iconf=iconf), schema=FEATURIZE_RESULT_SCHEMA)
 
 
 def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:

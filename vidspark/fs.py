@@ -89,6 +89,10 @@ class FileSystem:
         p = self.Path(folder)
         return sorted(str(st.getPath().getName()) for st in self.raw.listStatus(p)) if self.raw.exists(p) else []
 
+    def rename(self, path: str, target: str) -> None:
+        if not self.raw.rename(self.Path(path), self.Path(target)):
+            raise StorageError(f"could not move {path!r} to {target!r}")
+
     def delete(self, path: str, *, recursive: bool = True) -> bool:
         return bool(self.raw.delete(self.Path(path), recursive))
 

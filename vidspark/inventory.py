@@ -19,11 +19,10 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from vidspark.layout import Layout, LayoutMismatch, natural_sort_text
+from vidspark.layout import UNKNOWN_CAMERA, Layout, LayoutMismatch, TimeZones, natural_sort_text
 from vidspark.schemas import WORK_SCHEMA
 from vidspark.video_source import kind_of_key
 
-UNKNOWN_CAMERA = "unknown"
 _WORK_COLUMNS = WORK_SCHEMA.fieldNames()
 _DAY_US = 86_400_000_000
 
@@ -39,6 +38,8 @@ PARSED_SCHEMA = T.StructType(
         T.StructField("frame_idx", T.LongType(), True),
         T.StructField("key_us", T.LongType(), True),
         T.StructField("key_day", T.DateType(), True),
+        T.StructField("day_start_us", T.LongType(), True),  # the camera-local {date}'s start and end (UTC instants: a DST day has 23 or 25 hours)
+        T.StructField("day_end_us", T.LongType(), True),
         T.StructField("label", T.StringType(), True),
         T.StructField("kind", T.StringType(), True),
         T.StructField("scope", T.StringType(), True),
@@ -52,7 +53,7 @@ PARSED_SCHEMA = T.StructType(
 class Selection:
     """Which listed objects a run takes: time window on the layout's ``{ts}`` (else ``{date}``, else last-modified), cameras.
 
-    A key with ``{date}`` and no ``{ts}`` is taken when its day overlaps the window.
+    A key with ``{date}`` and no ``{ts}`` is taken when its day (the camera's local day) overlaps the window.
     """
 
     since: datetime | None = None
@@ -60,19 +61,18 @@ class Selection:
     cameras: frozenset[str] | None = None
 
     def column(self) -> Column:
-        """The selection as a Spark condition on parsed inventory rows (``frame_ts``, ``key_ts``, ``key_day``, ``camera_id``)."""
+        """The selection as a Spark condition on parsed inventory rows (``frame_ts``, ``key_ts``, ``key_day``, ``day_start_us``, ``day_end_us``, ``camera_id``)."""
         cond = F.lit(True)
         if self.cameras is not None:
             cond = cond & F.col("camera_id").isin(sorted(self.cameras))
         point = F.unix_micros(F.col("frame_ts"))
-        day_start = F.unix_date(F.col("key_day")).cast("long") * _DAY_US
         by_day = F.col("key_ts").isNull() & F.col("key_day").isNotNull()
         if self.since is not None:
             since = _micros(self.since)
-            cond = cond & F.when(by_day, day_start + _DAY_US > since).otherwise(point >= since)
+            cond = cond & F.when(by_day, F.col("day_end_us") > since).otherwise(point >= since)
         if self.until is not None:
             until = _micros(self.until)
-            cond = cond & F.when(by_day, day_start < until).otherwise(point < until)
+            cond = cond & F.when(by_day, F.col("day_start_us") < until).otherwise(point < until)
         return cond
 
 
@@ -117,11 +117,12 @@ def make_parse_fn(layout: Layout) -> Callable[[Iterator[pd.DataFrame]], Iterator
     def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             records = [_parse_one(layout, key) for key in batch["key"]]
-            out = pd.DataFrame.from_records(records, columns=["camera_id", "video_id", "frame_idx", "key_us", "key_day", "label", "kind", "scope", "nk", "error"])
+            out = pd.DataFrame.from_records(records, columns=["camera_id", "video_id", "frame_idx", "key_us", "key_day", "day_start_us", "day_end_us", "label", "kind", "scope", "nk", "error"])
             for col in ("uri", "key", "etag", "size", "lm_us"):
                 out[col] = batch[col].to_numpy()
             out["frame_idx"] = pd.array(out["frame_idx"], dtype="Int64")
-            out["key_us"] = pd.array(out["key_us"], dtype="Int64")
+            for col in ("key_us", "day_start_us", "day_end_us"):
+                out[col] = pd.array(out[col], dtype="Int64")
             yield out[PARSED_SCHEMA.fieldNames()]
 
     return parse_partition
@@ -131,14 +132,16 @@ def _parse_one(layout: Layout, key: str) -> tuple[Any, ...]:
     try:
         kf = layout.parse(key)
     except LayoutMismatch as exc:
-        return (None, None, None, None, None, None, None, None, None, str(exc))
+        return (None, None, None, None, None, None, None, None, None, None, None, str(exc))
     kind = kind_of_key(key)
     video_id = kf.video_id
     if video_id is not None and kind == "image" and kf.file_field == "video_id":
         video_id = key.rsplit("/", 1)[-1]
     elif video_id is None and kind == "video":
         video_id = key_without_extension(key)
-    return (kf.camera_id or UNKNOWN_CAMERA, video_id, kf.frame_idx, _micros(kf.ts) if kf.ts else None, kf.date, kf.label, kind, kf.scope, natural_sort_text(key), None)
+    camera_id = kf.camera_id or UNKNOWN_CAMERA
+    day_start, day_end = (_micros(t) for t in layout.zones.day_bounds(kf.date, camera_id)) if kf.date is not None else (None, None)
+    return (camera_id, video_id, kf.frame_idx, _micros(kf.ts) if kf.ts else None, kf.date, day_start, day_end, kf.label, kind, kf.scope, natural_sort_text(key), None)
 
 
 @F.pandas_udf(T.StringType())  # type: ignore[call-overload]
@@ -154,8 +157,8 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
 
     - ``camera_id`` defaults to ``unknown``; ``kind`` comes from the extension (``auto``: decided
       by content on the executor).
-    - ``frame_ts`` is the layout's ``{ts}``, else the object's last-modified time (with ``{date}``:
-      when it falls on that day, else the day's start, so the date partition is the key's). The frames of a
+    - ``frame_ts`` is the layout's ``{ts}`` (read in the camera's zone), else the object's last-modified time (with ``{date}``:
+      when it falls on that camera-local day, else the day's start, so the date partition is the key's). The frames of a
       frame folder without ``{ts}`` all take the folder's earliest last-modified time (one time for
       the folder, so re-uploading one frame moves nothing); their order is ``frame_idx``.
     - ``frame_idx`` is the layout's ``{frame_idx}``, else the natural-sort rank of the key among the
@@ -166,6 +169,7 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
       extension in it, so ``cam1/1430.jpg`` beside ``cam1/1430.mp4`` is a video of its own.
     - With ``gap_seconds``, stills with no ``video_id`` are grouped per camera into events (see
       :func:`assign_event_ids`).
+    - ``date`` (the partition) is the camera-local date of ``frame_ts`` (:func:`with_local_date`).
     """
     # Times cross the Python worker as microseconds since the epoch: instants, whatever the session time zone.
     listed = listing_df.select("uri", "key", "etag", "size", F.unix_micros("last_modified").alias("lm_us"))
@@ -173,10 +177,10 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     parsed = parsed.withColumn("last_modified", F.expr("timestamp_micros(lm_us)")).withColumn("key_ts", F.expr("timestamp_micros(key_us)")).drop("lm_us", "key_us")
     parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     errors = parsed.where(F.col("error").isNotNull()).select("uri", F.lit("layout").alias("stage"), F.lit("LayoutMismatch").alias("error_type"), F.col("error").alias("message"))
-    # A key with {date} and no {ts}: its last-modified time if that falls on the day, else the day's start (UTC).
-    day_start = F.unix_date(F.col("key_day")).cast("long") * _DAY_US
-    on_day = (F.unix_micros(F.col("last_modified")) >= day_start) & (F.unix_micros(F.col("last_modified")) < day_start + _DAY_US)
-    dated = F.when(F.col("key_day").isNotNull() & ~F.coalesce(on_day, F.lit(False)), F.expr(f"timestamp_micros(unix_date(key_day) * {_DAY_US})"))
+    # A key with {date} and no {ts}: its last-modified time if that falls on the camera-local day, else the day's start.
+    lm = F.unix_micros(F.col("last_modified"))
+    on_day = (lm >= F.col("day_start_us")) & (lm < F.col("day_end_us"))
+    dated = F.when(F.col("key_day").isNotNull() & ~F.coalesce(on_day, F.lit(False)), F.expr("timestamp_micros(day_start_us)"))
     rows = parsed.where(F.col("error").isNull()).withColumn("frame_ts", F.coalesce("key_ts", dated, "last_modified"))
     stills = F.col("kind") == "image"  # extension-less objects may be videos: never grouped or ranked as stills
     rows = rows.withColumn("_folder", stills & F.col("video_id").isNotNull() & F.col("key_ts").isNull())  # frame folders whose keys carry no time
@@ -189,12 +193,62 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     rows = rows.withColumn("_ranked", ranked).withColumn("frame_idx", F.when(F.col("_ranked"), rank).otherwise(F.coalesce("frame_idx", F.lit(0))).cast("long"))
     folder_ts = F.min("frame_ts").over(Window.partitionBy(*video, "_folder"))
     rows = rows.withColumn("frame_ts", F.when(F.col("_folder"), folder_ts).otherwise(F.col("frame_ts")))
-    rows = rows.withColumn("date", F.expr(f"date_from_unix_date(CAST(floor(unix_micros(frame_ts) / {_DAY_US}) AS INT))"))
+    rows = rows.transform(with_local_date, layout.zones)
     flagged = rows.withColumn("_selected", selection.column() if selection is not None else F.lit(True)).persist(StorageLevel.MEMORY_AND_DISK)
     work = flagged.where(F.col("_selected"))
     for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
         work = work.withColumn(col, F.lit(None).cast("long"))
     return Inventory(parsed, work.select(*_WORK_COLUMNS), errors, flagged)
+
+
+def zone_column(zones: TimeZones, camera_col: str = "camera_id") -> Column:
+    """Each row's camera zone (IANA name) as a Spark column: ``zones.cameras[camera]``, else ``zones.default``.
+
+    A ``when`` chain, not a map lookup: ``element_at`` on a missing key raises in ANSI mode.
+    """
+    by_zone: dict[str, list[str]] = {}
+    for camera, name in sorted(zones.cameras.items()):
+        if name != zones.default:
+            by_zone.setdefault(name, []).append(camera)
+    if not by_zone:
+        return F.lit(zones.default)
+    (first, first_cameras), *rest = sorted(by_zone.items())
+    chain = F.when(F.col(camera_col).isin(first_cameras), F.lit(first))
+    for name, cameras in rest:
+        chain = chain.when(F.col(camera_col).isin(cameras), F.lit(name))
+    return chain.otherwise(F.lit(zones.default))
+
+
+def local_date(ts: Column, zone: Column) -> Column:
+    """The local date, in ``zone``, of the instant ``ts`` (independent of the session time zone).
+
+    ``from_utc_timestamp`` moves the instant's microseconds by the zone's offset at that instant,
+    so the UTC day of the result is the local day.
+    """
+    local_us = F.unix_micros(F.from_utc_timestamp(ts, zone))
+    return F.date_from_unix_date(F.floor(local_us / _DAY_US).cast("int"))
+
+
+def with_local_date(df: DataFrame, zones: TimeZones, *, ts_col: str = "frame_ts", camera_col: str = "camera_id", date_col: str = "date") -> DataFrame:
+    """``df`` with ``date_col`` set to the camera-local date of ``ts_col`` (the ``date`` partition of every table).
+
+    Parameters
+    ----------
+    df
+        Rows with a timestamp column and a camera id column.
+    zones
+        The cameras' zones (:meth:`vidspark.layout.TimeZones.from_conf`).
+    ts_col, camera_col, date_col
+        Column names.
+
+    Returns
+    -------
+    DataFrame
+        ``df`` with ``date_col`` added or replaced.
+    """
+    if zones.utc_only:
+        return df.withColumn(date_col, F.date_from_unix_date(F.floor(F.unix_micros(F.col(ts_col)) / _DAY_US).cast("int")))
+    return df.withColumn(date_col, local_date(F.col(ts_col), zone_column(zones, camera_col)))
 
 
 def key_without_extension(key: str) -> str:

@@ -13,6 +13,10 @@ Template syntax, one path component per ``/``:
 has no date (``%H%M%S``) takes its day from ``{date}`` (``{camera_id}/{date}/{ts}.jpg``). A key with
 ``{date}`` and no ``{ts}`` is selected by its date (see :class:`vidspark.inventory.Selection`).
 
+Recorders name files in local time: a ``{ts}`` without an offset is read in its camera's zone
+(:class:`TimeZones`: ``input.timezones[camera_id]``, else ``input.timezone``) and becomes a UTC
+instant; a ``%z`` in ``ts_format`` wins. A ``{date}`` is a day of the camera's zone.
+
 Several templates separated by ``|`` (or a YAML list in conf) are alternatives tried in order; the
 first that fits a key wins. A mixed archive of frame folders and video files needs this:
 ``{camera_id}/{video_id}/** | {camera_id}/{ts}``.
@@ -21,12 +25,19 @@ first that fits a key wins. A mixed archive of frame folders and video files nee
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from vidspark.errors import LayoutError
+from vidspark.errors import ConfigError, LayoutError
 
+if TYPE_CHECKING:
+    from vidspark.config import InputConf
+
+UNKNOWN_CAMERA = "unknown"  # the camera_id of keys without {camera_id}
 FIELDS = ("label", "camera_id", "video_id", "frame_idx", "ts", "date")
 _DATE_DIRECTIVES = ("%Y", "%y", "%j", "%d", "%x", "%c", "%G", "%U", "%W", "%V", "%s")
 
@@ -57,6 +68,98 @@ def has_date(fmt: str) -> bool:
 
 _TOKEN = re.compile(r"\{([^{}]*)\}")
 
+ZONE_EXAMPLES = "an IANA time zone name such as UTC, Europe/Berlin or America/New_York"
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> tzinfo:
+    return timezone.utc if name == "UTC" else ZoneInfo(name)
+
+
+def get_zone(name: str, *, what: str = "time zone") -> tzinfo:
+    """The ``tzinfo`` of an IANA zone name (``UTC`` is :data:`datetime.timezone.utc`).
+
+    Parameters
+    ----------
+    name
+        IANA name, for example ``Europe/Berlin``.
+    what
+        What the name is, for the error message (``conf key 'input.timezone'``).
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not a zone of the time zone database.
+    """
+    if isinstance(name, str) and name:
+        try:
+            return _zone(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    raise ConfigError(f"{what}: {name!r} is not a known time zone; allowed: {ZONE_EXAMPLES} (zoneinfo.available_timezones() lists them)")
+
+
+@dataclass(frozen=True)
+class TimeZones:
+    """The zone each camera's keys are written in: ``cameras[camera_id]``, else ``default``.
+
+    A key without ``{camera_id}`` belongs to camera ``unknown`` (:data:`UNKNOWN_CAMERA`).
+
+    Raises
+    ------
+    ConfigError
+        If a name is not a zone of the time zone database.
+    """
+
+    default: str = "UTC"
+    cameras: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_zone(self.default, what="input.timezone")
+        for camera, name in self.cameras.items():
+            get_zone(name, what=f"input.timezones.{camera}")
+
+    @classmethod
+    def from_conf(cls, input_conf: InputConf) -> TimeZones:
+        """The zones of the conf's ``input.timezone`` and ``input.timezones``."""
+        return cls(input_conf.timezone, dict(input_conf.timezones))
+
+    def name(self, camera_id: str | None) -> str:
+        """The IANA name of a camera's zone."""
+        return self.cameras.get(UNKNOWN_CAMERA if camera_id is None else camera_id, self.default)
+
+    def zone(self, camera_id: str | None) -> tzinfo:
+        """The ``tzinfo`` of a camera's zone."""
+        return get_zone(self.name(camera_id))
+
+    def names(self, cameras: Iterable[str] | None = None) -> list[str]:
+        """The distinct zone names of these cameras (None: the default and every per-camera zone), sorted."""
+        if cameras is None:
+            return sorted({self.default, *self.cameras.values()})
+        return sorted({self.name(c) for c in cameras})
+
+    @property
+    def utc_only(self) -> bool:
+        """Whether every camera is in UTC (keys read as before time zones were configurable)."""
+        return self.names() == ["UTC"]
+
+    def day_bounds(self, day: date, camera_id: str | None) -> tuple[datetime, datetime]:
+        """The UTC instants a camera-local day starts and ends at (23 or 25 hours apart on a DST day)."""
+        tz = self.zone(camera_id)
+        start = datetime(day.year, day.month, day.day, tzinfo=tz)
+        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=tz)
+        return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+
+
+def local_datetime(naive: datetime, tz: tzinfo) -> datetime:
+    """A naive local time in ``tz`` as a UTC instant.
+
+    A time that occurs twice (the repeated hour when clocks go back) is its first occurrence, and a
+    time that does not exist (the skipped hour when clocks go forward) is read with the offset
+    before the change: what ``zoneinfo`` does with ``fold=0``.
+    """
+    return naive.replace(tzinfo=tz, fold=0).astimezone(timezone.utc)
+
 
 @dataclass(frozen=True)
 class KeyFields:
@@ -66,8 +169,8 @@ class KeyFields:
     camera_id: str | None = None
     video_id: str | None = None
     frame_idx: int | None = None
-    ts: datetime | None = None
-    date: date | None = None  # the key's {date} (a {ts} without a day of its own is on it)
+    ts: datetime | None = None  # a UTC instant
+    date: date | None = None  # the key's {date}, a day of the camera's zone (a {ts} without a day of its own is on it)
     file_field: str | None = None  # the field that took the whole file name (without its extension), if any
     scope: str = ""  # the key's {date}/{ts} text when a folder of it holds the {video_id} folders (a frame folder is one per day)
 
@@ -84,20 +187,35 @@ class Layout:
     template
         The template, for example ``{camera_id}/{video_id}/**``.
     ts_format
-        strftime format of the ``{ts}`` field (UTC unless the format has ``%z``).
+        strftime format of the ``{ts}`` field (local time of the camera's zone unless the format has ``%z``).
     date_format
         strftime format of the ``{date}`` field.
+    timezone
+        IANA name of the zone keys are written in (``input.timezone``).
+    timezones
+        Per-camera zones, camera id to IANA name (``input.timezones``).
 
     Raises
     ------
     LayoutError
         If the template uses an unknown field, repeats one, or is empty.
+    ConfigError
+        If a zone is not in the time zone database.
     """
 
-    def __init__(self, template: str, *, ts_format: str = "%Y%m%dT%H%M%S", date_format: str = "%Y-%m-%d") -> None:
+    def __init__(
+        self,
+        template: str,
+        *,
+        ts_format: str = "%Y%m%dT%H%M%S",
+        date_format: str = "%Y-%m-%d",
+        timezone: str = "UTC",
+        timezones: Mapping[str, str] | None = None,
+    ) -> None:
         self.template = template
         self.ts_format = ts_format
         self.date_format = date_format
+        self.zones = TimeZones(timezone, dict(timezones or {}))
         self.alternatives = [t.strip() for t in template.split("|")]
         self.parts = [t.strip("/").split("/") for t in self.alternatives]
         compiled = [self._compile(t) for t in self.alternatives]
@@ -105,6 +223,17 @@ class Layout:
         self.file_fields = [name for _, name in compiled]
         self.fields = tuple(dict.fromkeys(name for rx in self.regexes for name in rx.groupindex))
         self.scope_fields = [_scope_field(parts) for parts in self.parts]
+
+    @classmethod
+    def from_conf(cls, input_conf: InputConf) -> Layout:
+        """The layout of the conf's ``input`` section (template, formats and time zones).
+
+        Raises
+        ------
+        ConfigError
+            As the constructor.
+        """
+        return cls(input_conf.layout, ts_format=input_conf.ts_format, date_format=input_conf.date_format, timezone=input_conf.timezone, timezones=input_conf.timezones)
 
     @staticmethod
     def _compile(template: str) -> tuple[re.Pattern[str], str | None]:
@@ -151,7 +280,7 @@ class Layout:
         return re.compile(pattern + r"\Z", re.DOTALL), file_field
 
     def parse(self, key: str) -> KeyFields:
-        """Parse one relative key.
+        """Parse one relative key; its ``ts`` is a UTC instant (a local ``{ts}`` read in the camera's zone, see :func:`local_datetime`).
 
         Raises
         ------
@@ -186,7 +315,7 @@ class Layout:
             day_fmt = day_prefix_format(fmt)
             if day_fmt is not None and not text.startswith(ts.strftime(day_fmt)):  # the day as a listing by key prefix finds it
                 raise LayoutMismatch(f"key {key!r}: {{ts}} value {values['ts']!r} does not start with its day as ts_format {self.ts_format!r} writes it")
-            values["ts"] = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+            values["ts"] = ts.astimezone(timezone.utc) if ts.tzinfo else local_datetime(ts, self.zones.zone(values.get("camera_id")))
         return KeyFields(**values)
 
 

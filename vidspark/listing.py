@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +29,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from vidspark.config import StorageConf
-from vidspark.layout import FIELDS, Layout, day_prefix_format, has_date
+from vidspark.layout import FIELDS, Layout, day_prefix_format, get_zone, has_date
 from vidspark.schemas import LISTING_SCHEMA
 from vidspark.storage import Location, ObjectInfo, cached_s3_client
 
@@ -82,10 +82,18 @@ def pattern_text(pattern: Pattern) -> str:
     return "".join("*/" if piece is WILD else piece for piece in pattern)
 
 
-def day_range(since: datetime, until: datetime) -> list[date]:
-    """UTC days that ``[since, until)`` touches."""
-    first, last = since.astimezone(timezone.utc).date(), (until.astimezone(timezone.utc) - timedelta(microseconds=1)).date()
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+def day_range(since: datetime, until: datetime, zones: Iterable[str] = ("UTC",)) -> list[date]:
+    """The local days that ``[since, until)`` touches in any of ``zones`` (IANA names), sorted.
+
+    Key days (``{date}``, the day of a ``{ts}``) are days of the camera's zone: a window of one
+    night touches different days in different zones, and a listing must cover them all.
+    """
+    days: set[date] = set()
+    for name in zones:
+        tz = get_zone(name)
+        first, last = since.astimezone(tz).date(), (until - timedelta(microseconds=1)).astimezone(tz).date()
+        days.update(first + timedelta(days=i) for i in range((last - first).days + 1))
+    return sorted(days)
 
 
 def _component(comp: str) -> tuple[str, str, str]:
@@ -117,7 +125,9 @@ def plan_listing(
     - A literal component is appended; ``{camera_id}`` becomes each of ``cameras``, or a component
       to resolve by a delimiter listing when a later component narrows.
     - ``{date}`` becomes each day of ``[since, until)``; a ``{ts}`` whose format starts with the day
-      (``%Y%m%dT...``) becomes each day's prefix of it. Without ``--until`` the days run to tomorrow (UTC).
+      (``%Y%m%dT...``) becomes each day's prefix of it. Days are local days of the cameras' zones
+      (those of ``cameras``, else all the layout's zones): the union of the window's days in each
+      (:func:`day_range`). Without ``--until`` the days run to tomorrow.
     - Any other whole-component field (``{label}``, ``{video_id}``, ``{_}``) is resolved by listing
       only when a later component narrows; ``**`` or a mixed component ends the pattern.
     """
@@ -127,7 +137,7 @@ def plan_listing(
     days: list[date] = []
     if since is not None:
         end = until or max(datetime.combine(datetime.now(timezone.utc).date() + timedelta(days=2), datetime.min.time(), tzinfo=timezone.utc), since + timedelta(days=1))
-        days = day_range(since, end)
+        days = day_range(since, end, layout.zones.names(cameras))
         if len(days) > MAX_DAYS:
             notes.append(f"a window of {len(days)} days is longer than {MAX_DAYS}: listed without narrowing by day (give --until, or run it in parts)")
             since, days = None, []

@@ -50,6 +50,11 @@ class TrainedModel:
     def featurizer(self) -> str:
         return str(self.meta["featurizer"])
 
+    @property
+    def model_id(self) -> str:
+        """The SHA-256 of ``model.txt``: the ``model_id`` of every prediction row this model writes."""
+        return str(self.meta["model_txt_sha256"])
+
     def booster(self) -> Any:
         import lightgbm as lgb
 

@@ -16,17 +16,59 @@ from vidspark.schemas import PARTITION_COLUMNS
 logger = logging.getLogger(__name__)
 
 
+def parquet_writer(df: DataFrame, mode: str) -> Any:
+    """``df.write`` in ``mode`` as every vidspark table is written: snappy, timestamps as INT64 microseconds.
+
+    Spark writes INT96 timestamps by default, a deprecated type that readers outside Spark treat
+    differently; INT64 ``TIMESTAMP(MICROS, isAdjustedToUTC=true)`` reads as the same UTC instant in
+    DuckDB, Trino, Athena and pyarrow. The setting is a runtime SQL conf, so it is set here, where the
+    format is decided, whatever session the caller built.
+    """
+    df.sparkSession.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    return df.write.mode(mode).option("compression", "snappy")
+
+
 def write_partitioned(df: DataFrame, path: str, *, partition_by: tuple[str, ...] = PARTITION_COLUMNS) -> None:
     """Write Parquet partitioned by ``partition_by``, replacing only the partitions present in ``df``.
 
     Dynamic partition overwrite makes a re-run over the same input replace, never append.
     """
-    (df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").option("compression", "snappy").partitionBy(*partition_by).parquet(path))
+    parquet_writer(df, "overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by).parquet(path)
 
 
-def write_table(df: DataFrame, path: str) -> None:
-    """Write an unpartitioned Parquet table, replacing what was there."""
-    df.coalesce(1).write.mode("overwrite").parquet(path)
+# The order of rows within a partition's files: one video's frames together, in time (readers that filter on a video or
+# a time range skip row groups by their min/max statistics).
+CLUSTER_ORDER = ("camera_id", "video_id", "frame_ts", "start_ts", "frame_idx", "uri")
+# Bytes a row takes in Parquet, by table (a feature row is 2 048 floats that hardly compress; the others are small).
+ROW_BYTES_FEATURES = 8_600
+ROW_BYTES_DEFAULT = 400
+
+
+def rows_per_file(target_file_mb: float, *, row_bytes: int = ROW_BYTES_DEFAULT) -> int:
+    """How many rows make a file of about ``target_file_mb`` MiB."""
+    return max(1, int(target_file_mb * 1024 * 1024 // row_bytes))
+
+
+def clustered(df: DataFrame, partition_by: tuple[str, ...] = PARTITION_COLUMNS) -> DataFrame:
+    """``df`` with each partition's rows in one task, sorted by :data:`CLUSTER_ORDER`: one file per partition (until the file size cap)."""
+    order = [c for c in (*partition_by, *CLUSTER_ORDER) if c in df.columns]
+    return df.repartition(*partition_by).sortWithinPartitions(*dict.fromkeys(order))
+
+
+def append_partitioned(df: DataFrame, path: str, *, max_rows_per_file: int, partition_by: tuple[str, ...] = PARTITION_COLUMNS) -> None:
+    """Append ``df`` to a partitioned history table (errors/), clustered like the other tables.
+
+    A table of an older layout at ``path`` (unpartitioned files at its top) is moved aside to
+    ``<path>.v0.1`` first, with a warning, so nothing is lost and the new table reads cleanly.
+    """
+    spark = df.sparkSession
+    fs = FileSystem(spark, path)
+    if fs.exists(path) and any(n.endswith(".parquet") for n in fs.list_names(path)):
+        legacy = path.rstrip("/") + ".v0.1"
+        fs.rename(path, legacy)
+        logger.warning("%s held an errors table of vidspark 0.1 (not partitioned): moved it to %s", path, legacy)
+    writer = parquet_writer(clustered(df, partition_by), "append").option("maxRecordsPerFile", max_rows_per_file)
+    writer.partitionBy(*partition_by).parquet(path)
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
@@ -210,13 +252,15 @@ def replace_partitions(
     run_id: str,
     partition_by: tuple[str, ...] = PARTITION_COLUMNS,
     scope: list[str] | None = None,
+    max_rows_per_file: int | None = None,
     _fail_after: int | None = None,
 ) -> list[str]:
     """Replace the partitions present in ``df`` in ``table``, crash-safely; partitions of ``scope`` absent from ``df`` are emptied.
 
     ``df`` may read from ``table`` itself (a merge of old and new rows): it is written to staging
     first. ``scope`` lists partitions (``partition_path`` form) this write is responsible for.
-    Returns the partitions written, as ``camera_id=.../date=...`` paths.
+    Each partition is written by one task, rows sorted by :data:`CLUSTER_ORDER`, in files of at most
+    ``max_rows_per_file`` rows. Returns the partitions written, as ``camera_id=.../date=...`` paths.
     """
     recover_table(spark, table)
     fs, jvm = _fs(spark, table)
@@ -224,7 +268,10 @@ def replace_partitions(
     run_dir = join(staging_root(table), run_id)
     if fs.exists(HPath(run_dir)):
         fs.delete(HPath(run_dir), True)
-    df.write.mode("overwrite").option("compression", "snappy").partitionBy(*partition_by).parquet(join(run_dir, "data"))
+    writer = parquet_writer(clustered(df, partition_by), "overwrite")
+    if max_rows_per_file is not None:
+        writer = writer.option("maxRecordsPerFile", max_rows_per_file)
+    writer.partitionBy(*partition_by).parquet(join(run_dir, "data"))
     partitions = _partition_dirs(fs, jvm, join(run_dir, "data"), len(partition_by))
     if scope is not None and not set(partitions) <= set(scope):
         fs.delete(HPath(run_dir), True)

@@ -117,7 +117,7 @@ def run(
     check_compatible(model, featurizers=[featurizer_id(conf.featurizer, conf.storage)], feature_dim=None)
     if dry_run:
         fs = featurize(spark, input_uri=input_uri, output=features_out, conf=conf, run_id=run_id, full=full, prune=prune, selection=selection, inventory=inventory, dry_run=True)
-        return RunSummary(fs, {"dry_run": True, "model": model_dir, "model_sha256": model.meta.get("model_txt_sha256"), "classes": model.classes}, [])
+        return RunSummary(fs, {"dry_run": True, "model": model_dir, "model_id": model.model_id, "classes": model.classes}, [])
     state = join(output, "_state")
     pending: set[tuple[str, str]] = set()
     pending_files = [n for n in list_names(spark, state) if n.startswith("pending-") and n.endswith(".json")]

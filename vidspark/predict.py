@@ -23,11 +23,11 @@ from pyspark.sql import types as T
 
 from vidspark.backbone import task_cpus
 from vidspark.config import Conf
-from vidspark.errors import ConfigError
+from vidspark.errors import ConfigError, StorageError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
-from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists, write_json
+from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists
 from vidspark.progress import Progress, group_task_counts, job_group
-from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, PRESENTATION_ORDER, SOURCE_FIELDS, VIDEO_PREDICTIONS_SCHEMA
+from vidspark.schemas import FEATURES_SCHEMA, FRAME_PREDICTIONS_SCHEMA, IDENTITY_FIELDS, PRESENTATION_ORDER, SOURCE_FIELDS, VIDEO_PREDICTIONS_SCHEMA, prob_columns, with_prob_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ _BOOSTERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 _IDENTITY = [f.name for f in IDENTITY_FIELDS]
 _ORDER = PRESENTATION_ORDER
+# Frame and video rows between the model and the writer: probabilities as arrays in the model's class order.
+FRAME_ROWS = with_prob_arrays(FRAME_PREDICTIONS_SCHEMA)
+VIDEO_ROWS = with_prob_arrays(VIDEO_PREDICTIONS_SCHEMA)
 
 
 def rolling_mean(probabilities: np.ndarray, window: int) -> np.ndarray:
@@ -111,28 +114,35 @@ def make_smoother(classes: list[str], window: int) -> Any:
         pdf["smoothed_probabilities"] = list(sm)
         pdf["smoothed_label"] = class_arr[sm_idx]
         pdf["smoothed_prob"] = sm[np.arange(len(sm)), sm_idx]
-        return pdf[FRAME_PREDICTIONS_SCHEMA.fieldNames()]
+        return pdf[FRAME_ROWS.fieldNames()]
 
     return smooth
 
 
 def with_smoothing(frames_df: DataFrame, *, classes: list[str], window: int) -> DataFrame:
-    """Add labels and the rolling average per ``(camera_id, video_id)``.
+    """Add labels and the rolling average per ``(camera_id, video_id)`` (``FRAME_ROWS``: probabilities as arrays).
 
     Frames with no ``video_id`` (single images) are their own sequence: smoothed equals raw.
     """
-    base_cols = [c for c in FRAME_PREDICTIONS_SCHEMA.fieldNames() if c not in ("predicted_label", "predicted_prob", "smoothed_probabilities", "smoothed_label", "smoothed_prob")]
+    base_cols = [c for c in FRAME_ROWS.fieldNames() if c not in ("predicted_label", "predicted_prob", "smoothed_probabilities", "smoothed_label", "smoothed_prob")]
     for f in SOURCE_FIELDS:  # frames read from a store older than these columns
         if f.name not in frames_df.columns:
             frames_df = frames_df.withColumn(f.name, F.lit(None).cast(f.dataType))
     df = frames_df.select(*base_cols)
     videos = df.where(F.col("video_id").isNotNull())
     singles = df.where(F.col("video_id").isNull())
-    smoothed_videos = videos.groupBy("camera_id", "video_id").applyInPandas(make_smoother(classes, window), schema=FRAME_PREDICTIONS_SCHEMA)
+    smoothed_videos = videos.groupBy("camera_id", "video_id").applyInPandas(make_smoother(classes, window), schema=FRAME_ROWS)
     singles = _label_columns(singles, classes, "probabilities", "predicted_label", "predicted_prob")
     singles = singles.withColumn("smoothed_probabilities", F.col("probabilities"))
     singles = _label_columns(singles, classes, "smoothed_probabilities", "smoothed_label", "smoothed_prob")
-    return smoothed_videos.unionByName(singles.select(*FRAME_PREDICTIONS_SCHEMA.fieldNames()))
+    return smoothed_videos.unionByName(singles.select(*FRAME_ROWS.fieldNames()))
+
+
+def with_class_maps(df: DataFrame, *, classes: list[str], schema: T.StructType) -> DataFrame:
+    """``schema``'s rows with each probability array turned into a class name -> probability map (the written form)."""
+    names = F.array(*[F.lit(c) for c in classes])
+    maps = set(prob_columns(schema))
+    return df.select(*[F.map_from_arrays(names, F.col(c)).alias(c) if c in maps else F.col(c) for c in schema.fieldNames()])
 
 
 def make_video_summary(classes: list[str]) -> Any:
@@ -157,6 +167,8 @@ def make_video_summary(classes: list[str]) -> Any:
                 "mean_probabilities": [mean],
                 "raw_label_switches": [label_switches(pdf["predicted_label"].to_numpy())],
                 "smoothed_label_switches": [label_switches(pdf["smoothed_label"].to_numpy())],
+                "model_id": [pdf["model_id"].iloc[0]],
+                "run_id": [pdf["run_id"].iloc[0]],
             }
         )
 
@@ -164,13 +176,16 @@ def make_video_summary(classes: list[str]) -> Any:
 
 
 def video_summaries(frames_df: DataFrame, *, classes: list[str]) -> DataFrame:
-    """One row per video (frames with a ``video_id``): label from mean probabilities, flicker counts."""
-    cols = ["camera_id", "video_id", "date", "object_ts", "frame_ts", "frame_idx", "uri", "dropped_frames", "probabilities", "predicted_label", "smoothed_label"]
-    return frames_df.where(F.col("video_id").isNotNull()).select(*cols).groupBy("camera_id", "video_id").applyInPandas(make_video_summary(classes), schema=VIDEO_PREDICTIONS_SCHEMA)
+    """One row per video (``FRAME_ROWS`` with a ``video_id``): label from mean probabilities, flicker counts (``VIDEO_ROWS``)."""
+    cols = ["camera_id", "video_id", "date", "object_ts", "frame_ts", "frame_idx", "uri", "dropped_frames", "probabilities", "predicted_label", "smoothed_label", "model_id", "run_id"]
+    return frames_df.where(F.col("video_id").isNotNull()).select(*cols).groupBy("camera_id", "video_id").applyInPandas(make_video_summary(classes), schema=VIDEO_ROWS)
 
 
-def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int, frames_done: Any | None = None) -> DataFrame:
-    """Features -> smoothed frame predictions (``FRAME_PREDICTIONS_SCHEMA``), after checking the model fits."""
+def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int, run_id: str, frames_done: Any | None = None) -> DataFrame:
+    """Features -> smoothed frame predictions (``FRAME_ROWS``: arrays in the model's class order), after checking the model fits.
+
+    Every row carries the model id (SHA-256 of its ``model.txt``) and ``run_id``.
+    """
     featurizers = [r[0] for r in features_df.select("featurizer").distinct().collect()]
     first = features_df.select(F.size("features").alias("n")).first()
     check_compatible(model, featurizers=featurizers, feature_dim=int(first["n"]) if first else None)
@@ -178,7 +193,18 @@ def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedMo
     with_proba = with_probabilities(
         features_df.select(*_IDENTITY, *(f.name for f in SOURCE_FIELDS), "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim, frames_done=frames_done
     )
-    return with_smoothing(with_proba.drop("features"), classes=model.classes, window=window)
+    with_proba = with_proba.drop("features").withColumn("model_id", F.lit(model.model_id)).withColumn("run_id", F.lit(run_id))
+    return with_smoothing(with_proba, classes=model.classes, window=window)
+
+
+def _check_written_by_this_version(spark: SparkSession, table: str) -> None:
+    """Fail with what to do when a predictions table holds rows of vidspark 0.1 (probabilities as bare arrays, no model id)."""
+    stored = spark.read.parquet(table).schema
+    if "model_id" not in stored.fieldNames() or isinstance(stored["mean_probabilities"].dataType, T.ArrayType):
+        raise StorageError(
+            f"{table!r} was written by vidspark 0.1 (probabilities without class names or model id); move its predictions/ folder aside "
+            "and run predict again without partitions (`vidspark predict`), which writes every frame in the new format"
+        )
 
 
 def _parts_df(spark: SparkSession, partitions: list[tuple[str, str]]) -> DataFrame:
@@ -247,7 +273,7 @@ def predict(
         check_compatible(model, featurizers=featurizers, feature_dim=None)
         n = features_df.count()
         logger.info("dry run: would predict %d frames with model %s (classes %s)", n, model_dir, model.classes)
-        return {"dry_run": True, "features": features, "model": model_dir, "model_sha256": model.meta.get("model_txt_sha256"), "classes": model.classes, "window": window, "would_predict_frames": n}
+        return {"dry_run": True, "features": features, "model": model_dir, "model_id": model.model_id, "classes": model.classes, "window": window, "would_predict_frames": n}
     group = job_group(spark, f"vidspark-predict-{run_id}", "vidspark predict")
     frames_done = spark.sparkContext.accumulator(0)
     counts = lambda: {**group_task_counts(spark, group.group), "frames": float(frames_done.value)}  # noqa: E731 - read by the progress thread
@@ -274,20 +300,22 @@ def _predict(
     frames_out, videos_out = join(output, "frames"), join(output, "videos")
     parts_df = _parts_df(spark, partitions) if partitions is not None else None
     old_videos = read_table(spark, videos_out, VIDEO_PREDICTIONS_SCHEMA) if parts_df is not None and table_exists(spark, videos_out) else None
+    if old_videos is not None:
+        _check_written_by_this_version(spark, videos_out)
     touched = None
     if parts_df is not None:
         # videos with a frame in the partitions, and those whose summary row lives there (all frames pruned, or moved)
         in_part_rows = old_videos.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if old_videos is not None else None
         touched = touched_videos(features_df, parts_df, in_part_rows).persist(StorageLevel.MEMORY_AND_DISK)
     input_df = frames_with_context(features_df, parts_df, touched) if parts_df is not None and touched is not None else features_df
-    frames_df = predict_frames(spark, input_df, model, window=window, frames_done=frames_done).persist(StorageLevel.MEMORY_AND_DISK)
+    frames_df = predict_frames(spark, input_df, model, window=window, run_id=run_id, frames_done=frames_done).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         frames_write = frames_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if parts_df is not None else frames_df
         scope = [partition_path(c, d) for c, d in partitions] if partitions is not None else None
-        replace_partitions(spark, frames_write.select(*FRAME_PREDICTIONS_SCHEMA.fieldNames()), frames_out, run_id=run_id, scope=scope)
+        replace_partitions(spark, with_class_maps(frames_write, classes=model.classes, schema=FRAME_PREDICTIONS_SCHEMA), frames_out, run_id=run_id, scope=scope)
         videos_df = video_summaries(frames_df, classes=model.classes).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            videos_write, video_scope = videos_df, None
+            videos_write, video_scope = with_class_maps(videos_df, classes=model.classes, schema=VIDEO_PREDICTIONS_SCHEMA), None
             if parts_df is not None and touched is not None:
                 starts = {(r["camera_id"], r["date"].isoformat()) for r in videos_df.select("camera_id", "date").distinct().collect()}
                 if old_videos is not None:  # where the touched videos' rows were: they move or go
@@ -297,7 +325,7 @@ def _predict(
                 video_scope = [partition_path(c, d) for c, d in video_parts]
                 if old_videos is not None:
                     keep = old_videos.join(F.broadcast(_parts_df(spark, video_parts)), ["camera_id", "date"], "left_semi").join(touched, ["camera_id", "video_id"], "left_anti")
-                    videos_write = videos_df.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()))
+                    videos_write = videos_write.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()))
             replace_partitions(spark, videos_write.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()), videos_out, run_id=run_id, scope=video_scope)
             stats = videos_df.agg(F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")).first()
             n_frames = frames_write.count()
@@ -307,11 +335,10 @@ def _predict(
         frames_df.unpersist()
         if touched is not None:
             touched.unpersist()
-    write_json(spark, join(output, "predict.json"), {"classes": model.classes, "model": model_dir, "featurizer": model.featurizer, "window": window})
     summary = {
         "features": features,
         "model": model_dir,
-        "model_sha256": model.meta.get("model_txt_sha256"),
+        "model_id": model.model_id,
         "classes": model.classes,
         "window": window,
         "frames": n_frames,

@@ -60,7 +60,7 @@ def sample_layout(uri: str, conf: Conf, *, keys: int, client: Any = None) -> Fin
     """
     location = parse_uri(uri)
     client = client if client is not None else input_client(location, conf)
-    layout = Layout(conf.input.layout, ts_format=conf.input.ts_format, date_format=conf.input.date_format)
+    layout = Layout.from_conf(conf.input)
     fit: list[str] = []
     misfit: list[str] = []
     for info in itertools.islice(_first_keys(location, client, keys), keys):
@@ -70,6 +70,9 @@ def sample_layout(uri: str, conf: Conf, *, keys: int, client: Any = None) -> Fin
             misfit.append(f"does not fit: {exc}")
             continue
         fields = {k: getattr(f, k) for k in ("label", "camera_id", "video_id", "frame_idx", "ts", "date") if getattr(f, k) is not None}
+        if f.ts is not None and not layout.zones.utc_only:  # the instant in the camera's zone, as the key wrote it
+            zone = layout.zones.name(f.camera_id)
+            fields["ts"] = f"{f.ts.astimezone(layout.zones.zone(f.camera_id)).isoformat()}[{zone}]"
         fit.append(f"{info.rel_key} -> " + " ".join(f"{k}={v.isoformat() if hasattr(v, 'isoformat') else v}" for k, v in fields.items()))
     n = len(fit) + len(misfit)
     detail = f"layout {conf.input.layout!r} on the first {n} keys: {len(fit)} fit, {len(misfit)} do not"

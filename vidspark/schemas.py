@@ -67,15 +67,22 @@ SOURCE_FIELDS = [
     T.StructField("dropped_frames", T.LongType(), True),
 ]
 
+# Which TensorFlow and Keras computed a feature row (``tensorflow 2.21.0, keras 3.15.1``); null in rows of older stores.
+FRAMEWORK_FIELD = T.StructField("framework", T.StringType(), True)
+
 FEATURES_SCHEMA = T.StructType(
     [
         *IDENTITY_FIELDS,
         T.StructField("features", T.ArrayType(T.FloatType(), False), False),
         T.StructField("featurizer", T.StringType(), False),
         *SOURCE_FIELDS,
+        FRAMEWORK_FIELD,
     ]
 )
 
+# errors/ is a history: each run appends its rows, partitioned like the other tables (the camera-local date of the
+# object's time, or of its last-modified time when its key did not parse), so "this camera's errors this week" and
+# "the last run's errors" (``run_id``) are filters.
 ERRORS_SCHEMA = T.StructType(
     [
         T.StructField("uri", T.StringType(), False),
@@ -83,6 +90,9 @@ ERRORS_SCHEMA = T.StructType(
         T.StructField("error_type", T.StringType(), False),
         T.StructField("message", T.StringType(), True),
         T.StructField("run_id", T.StringType(), False),
+        T.StructField("last_modified", T.TimestampType(), True),
+        T.StructField("camera_id", T.StringType(), False),
+        T.StructField("date", T.DateType(), False),
     ]
 )
 
@@ -93,11 +103,20 @@ FEATURIZE_RESULT_SCHEMA = T.StructType(
         T.StructField("features", T.ArrayType(T.FloatType(), False), True),
         T.StructField("featurizer", T.StringType(), True),
         *SOURCE_FIELDS,
+        FRAMEWORK_FIELD,
         *_ERROR_FIELDS,
     ]
 )
 
-_PROB = T.ArrayType(T.DoubleType(), False)
+# Probabilities are written as class name -> probability, so every row decodes by itself whichever model wrote it
+# (``probabilities['person']`` in any SQL engine); in memory, between the model and the writer, they are arrays in
+# the model's class order (_PROB_ARRAY).
+_PROB = T.MapType(T.StringType(), T.DoubleType(), False)
+_PROB_ARRAY = T.ArrayType(T.DoubleType(), False)
+_LINEAGE_FIELDS = [
+    T.StructField("model_id", T.StringType(), False),  # SHA-256 of the model's model.txt
+    T.StructField("run_id", T.StringType(), False),
+]
 
 FRAME_PREDICTIONS_SCHEMA = T.StructType(
     [
@@ -110,6 +129,7 @@ FRAME_PREDICTIONS_SCHEMA = T.StructType(
         T.StructField("smoothed_prob", T.DoubleType(), False),
         *SOURCE_FIELDS,
         T.StructField("label", T.StringType(), True),
+        *_LINEAGE_FIELDS,
     ]
 )
 
@@ -127,8 +147,20 @@ VIDEO_PREDICTIONS_SCHEMA = T.StructType(
         T.StructField("mean_probabilities", _PROB, False),
         T.StructField("raw_label_switches", T.LongType(), False),
         T.StructField("smoothed_label_switches", T.LongType(), False),
+        *_LINEAGE_FIELDS,
     ]
 )
+
+
+def with_prob_arrays(schema: T.StructType) -> T.StructType:
+    """``schema`` with its class-name maps as arrays in the model's class order (the in-memory form)."""
+    return T.StructType([T.StructField(f.name, _PROB_ARRAY, f.nullable) if f.dataType == _PROB else f for f in schema.fields])
+
+
+def prob_columns(schema: T.StructType) -> list[str]:
+    """The class-name -> probability columns of a predictions schema."""
+    return [f.name for f in schema.fields if f.dataType == _PROB]
+
 
 PARTITION_COLUMNS = ("camera_id", "date")
 

@@ -6,7 +6,6 @@ from frame to frame (the flicker), the smoothed one settles on the video's label
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,34 +15,32 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.errors import ConfigError, StorageError, error_message
-from vidspark.outputs import join, path_exists, read_table, read_text
+from vidspark.errors import ConfigError
+from vidspark.outputs import join, path_exists, read_table
 from vidspark.schemas import FRAME_PREDICTIONS_SCHEMA, PRESENTATION_ORDER, VIDEO_PREDICTIONS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-PREDICT_RECORD = "predict.json"
 
+def decode_probabilities(pdf: pd.DataFrame, columns: tuple[str, ...] = ("probabilities", "smoothed_probabilities")) -> list[str]:
+    """Turn the class-name -> probability maps of ``columns`` into arrays over one class list, in place; returns it.
 
-def read_classes(spark: SparkSession, predictions: str) -> list[str]:
-    """Class names in probability order, from the ``predict.json`` that ``predict`` writes beside its tables.
-
-    Raises
-    ------
-    ConfigError
-        If there is no such file (not a predictions folder, or written by an older vidspark).
+    Rows of several models (a retrain that added a class) decode together: the class list is every
+    class seen, in the order the models name them, and a class a row's model did not have is NaN.
     """
-    path = join(predictions, PREDICT_RECORD)
-    if not path_exists(spark, path):
-        raise ConfigError(f"no {PREDICT_RECORD} in {predictions!r}: --predictions must be the folder `vidspark predict --output` wrote")
-    try:
-        text = read_text(spark, path)
-    except Exception as exc:  # the file is there: the storage failed (permissions, network), not the argument
-        raise StorageError(f"{path!r} exists but cannot be read: {type(exc).__name__}: {error_message(exc)}") from exc
-    try:
-        return [str(c) for c in json.loads(text)["classes"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path!r} is damaged (expected JSON with a 'classes' list): {type(exc).__name__}: {exc}") from exc
+    classes: dict[str, None] = {}
+    for col in columns:
+        for m in pdf[col]:
+            classes.update(dict.fromkeys(k for k, _ in _pairs(m)))
+    names = list(classes)
+    for col in columns:
+        pdf[col] = [np.array([dict(_pairs(m)).get(c, np.nan) for c in names], dtype=np.float64) for m in pdf[col]]
+    return names
+
+
+def _pairs(m: Any) -> list[tuple[str, float]]:
+    """A map value as Spark hands it to pandas (a dict, or a list of key/value pairs) as pairs."""
+    return list(m.items()) if isinstance(m, dict) else [(k, v) for k, v in m]
 
 
 def video_frames(spark: SparkSession, predictions: str, *, video_id: str, camera_id: str | None = None) -> tuple[pd.DataFrame, dict[str, Any] | None]:
@@ -54,10 +51,12 @@ def video_frames(spark: SparkSession, predictions: str, *, video_id: str, camera
     ConfigError
         If no frame has this video id, or it exists in several cameras and ``camera_id`` is not given.
     """
+    if not path_exists(spark, join(predictions, "frames")):
+        raise ConfigError(f"no frames/ table in {predictions!r}: --predictions must be the folder `vidspark predict --output` wrote")
     frames_df = read_table(spark, join(predictions, "frames"), FRAME_PREDICTIONS_SCHEMA).where(F.col("video_id") == video_id)
     if camera_id is not None:
         frames_df = frames_df.where(F.col("camera_id") == camera_id)
-    cols = ["camera_id", "video_id", "uri", "object_ts", "frame_ts", "frame_idx", "probabilities", "smoothed_probabilities", "predicted_label", "smoothed_label"]
+    cols = ["camera_id", "video_id", "uri", "object_ts", "frame_ts", "frame_idx", "probabilities", "smoothed_probabilities", "predicted_label", "smoothed_label", "model_id"]
     pdf: pd.DataFrame = frames_df.select(*cols).toPandas()
     if pdf.empty:
         where = f" in camera {camera_id!r}" if camera_id else ""
@@ -78,7 +77,10 @@ def video_frames(spark: SparkSession, predictions: str, *, video_id: str, camera
 
 
 def plot_timeline(pdf: pd.DataFrame, classes: list[str], out: str | Path, *, summary: dict[str, Any] | None = None) -> Path:
-    """Draw raw (thin) and smoothed (thick) probabilities per class over time, and the label strips below."""
+    """Draw raw (thin) and smoothed (thick) probabilities per class over time, and the label strips below.
+
+    ``pdf``'s probability columns are arrays over ``classes`` (see :func:`decode_probabilities`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,8 +136,8 @@ def plot_timeline(pdf: pd.DataFrame, classes: list[str], out: str | Path, *, sum
 
 def timeline(spark: SparkSession, *, predictions: str, video_id: str, out: str, camera_id: str | None = None) -> dict[str, Any]:
     """Read one video's predictions and write its timeline PNG to ``out`` (a local path)."""
-    classes = read_classes(spark, predictions)
     pdf, summary = video_frames(spark, predictions, video_id=video_id, camera_id=camera_id)
+    classes = decode_probabilities(pdf)
     path = plot_timeline(pdf, classes, out, summary=summary)
     logger.info("timeline of %s/%s (%d frames) written to %s", pdf["camera_id"].iloc[0], video_id, len(pdf), path)
     return {"video_id": video_id, "camera_id": pdf["camera_id"].iloc[0], "frames": len(pdf), "classes": classes, "label": summary["label"] if summary else None, "out": str(path)}

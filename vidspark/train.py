@@ -462,7 +462,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> N
     plt.close(fig)
 
 
-def train(spark: SparkSession, *, features: str, model_dir: str, conf: Conf) -> dict[str, Any]:
+def train(spark: SparkSession, *, features: str, model_dir: str, conf: Conf, run_id: str | None = None) -> dict[str, Any]:
     """Train and cross-validate a classifier on the labeled rows of ``features``; write ``model_dir``.
 
     Returns
@@ -537,5 +537,10 @@ def train(spark: SparkSession, *, features: str, model_dir: str, conf: Conf) -> 
         "best_iteration": final_rounds,
         "timings": {"gather_s": round(t_gather, 3), "cv_s": round(t_cv, 3), "final_fit_s": round(t_fit, 3)},
     }
+    from vidspark.tracking import log_training  # imports mlflow only when MLFLOW_TRACKING_URI is set
+
+    mlflow_run_id = log_training(str(path), summary, conf=conf, run_id=run_id, register=conf.train.register_model, spark=spark)  # after the model is written: a tracking failure is a warning
+    if mlflow_run_id is not None:
+        summary["mlflow_run_id"] = mlflow_run_id
     logger.info("train done: CV accuracy %.4f, F1 %.4f, model at %s", overall["accuracy"], overall["f1"], path)
     return summary
