@@ -132,3 +132,15 @@ def test_unknown_engine_or_table_is_a_clear_error(capsys):
     assert exc.value.code == 2 and "invalid choice: 'oracle'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown table"):
         ddl("/tmp/x", tables=["features", "nope"])
+
+
+def test_athena_cameras_and_dates_are_listed_on_s3(s3_client, bucket, s3_endpoint):
+    from vidspark.cli import _names_lister
+    from vidspark.config import load_conf
+    from vidspark.ddl import found_partitions
+
+    for key in ("out/features/camera_id=cam%2F1/date=2026-11-19/p.parquet", "out/errors/camera_id=cam2/date=2026-11-21/p.parquet", "out/features/_SUCCESS"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    conf = load_conf(None, [f"storage.endpoint_url={s3_endpoint}"])
+    assert found_partitions(_names_lister(f"s3a://{bucket}/out", conf)) == (["cam/1", "cam2"], "2026-11-19")
+    assert found_partitions(_names_lister("hdfs://nn/out", conf)) == ([], None)  # not listable here: Athena injects the camera

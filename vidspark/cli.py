@@ -529,30 +529,22 @@ def ddl_script(args: argparse.Namespace, conf: Conf) -> str:
 
     cameras, first = None, None
     if args.engine == "athena" and args.athena_cameras == "found":
-        cameras, first = ddl.found_partitions(args.output, list_names=_names_lister(args.output, conf))
+        cameras, first = ddl.found_partitions(_names_lister(args.output, conf))
     return ddl.ddl(args.output, engine=args.engine, database=args.database, catalog=args.catalog, cameras=cameras or None, first_date=first)
 
 
 def _names_lister(output: str, conf: Conf) -> Callable[[str], list[str]]:
-    """Names in a folder of a local or ``s3://``/``s3a://`` output (other schemes: none, so Athena injects the camera)."""
-    import os
+    """Sub-folder names of a folder of a local or ``s3://``/``s3a://`` output, relative to it (other schemes: none, so Athena injects the camera)."""
+    from vidspark.errors import StorageError
+    from vidspark.listing import make_children
+    from vidspark.storage import make_s3_client, parse_uri
 
-    if "://" not in output or output.startswith("file://"):
-        return lambda folder: sorted(os.listdir(folder.removeprefix("file://"))) if os.path.isdir(folder.removeprefix("file://")) else []
-    if not re.match(r"s3[an]?://", output):
-        return lambda folder: []
-    from vidspark.storage import make_s3_client, split_s3_uri
-
-    client = make_s3_client(conf.storage)
-
-    def s3_names(folder: str) -> list[str]:
-        bucket, key = split_s3_uri(re.sub(r"^s3[an]://", "s3://", folder))
-        names: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/", Delimiter="/"):
-            names += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", [])]
-        return sorted(names)
-
-    return s3_names
+    try:
+        location = parse_uri(output)
+    except StorageError:  # hdfs://, gs://: no client of vidspark's own lists them
+        return lambda rel: []
+    children = make_children(location, make_s3_client(conf.storage) if location.scheme == "s3" else None, limit=conf.input.max_list_children)
+    return lambda rel: sorted((children(rel + "/") or ([], []))[0])
 
 
 def render_summary(s: DemoSummary) -> str:

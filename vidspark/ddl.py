@@ -191,22 +191,22 @@ def _duckdb(*, name: str, folder: str, schema: T.StructType, output: str, databa
 _TABLE: dict[str, Callable[..., str]] = {"spark": _spark, "athena": _athena, "trino": _trino, "duckdb": _duckdb}
 
 
-def found_partitions(output: str, *, list_names: Callable[[str], list[str]]) -> tuple[list[str], str | None]:
-    """The camera ids and the earliest date in the ``camera_id=/date=`` folders of every table under ``output``.
+def found_partitions(list_names: Callable[[str], list[str]]) -> tuple[list[str], str | None]:
+    """The camera ids and the earliest date in the ``camera_id=/date=`` folders of every table of an output.
 
-    ``list_names(folder)`` lists a folder's entry names (empty when it does not exist).
+    ``list_names(folder)`` lists the sub-folder names of a folder given relative to the output root
+    (``features``, ``features/camera_id=cam1``); empty when it does not exist.
     """
     from urllib.parse import unquote
 
     cameras: set[str] = set()
     first: str | None = None
     for folder, _schema in TABLES.values():
-        root = output.rstrip("/") + "/" + folder
-        for cam in list_names(root):
+        for cam in list_names(folder):
             if not cam.startswith("camera_id="):
                 continue
             cameras.add(unquote(cam[len("camera_id=") :]))
-            days = [d[len("date=") :] for d in list_names(root + "/" + cam) if d.startswith("date=")]
+            days = [d[len("date=") :] for d in list_names(f"{folder}/{cam}") if d.startswith("date=")]
             if days and (first is None or min(days) < first):
                 first = min(days)
     return sorted(cameras), first

@@ -9,7 +9,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from vidspark.inventory import UNKNOWN_CAMERA
+from vidspark.inventory import UNKNOWN_CAMERA, local_date
 from vidspark.outputs import append_partitioned, read_partitions, read_table, table_exists
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA
 
@@ -168,7 +168,7 @@ def write_errors(errors_df: DataFrame, path: str, *, objects: DataFrame, timezon
         .withColumn("error_type", F.col("_first.error_type"))
         .join(objects.select("uri", "last_modified").dropDuplicates(["uri"]), "uri", "left")
     )
-    local_day = F.expr(f"date_from_unix_date(CAST(floor(unix_micros(from_utc_timestamp(last_modified, '{timezone}')) / 86400000000) AS INT))")
+    local_day = local_date(F.col("last_modified"), F.lit(timezone))
     agg_df = agg_df.withColumn("camera_id", F.coalesce("camera_id", F.lit(UNKNOWN_CAMERA))).withColumn("date", F.coalesce("date", local_day, F.current_date()))
     agg_df = agg_df.select(*ERRORS_SCHEMA.fieldNames()).persist(StorageLevel.MEMORY_AND_DISK)
     try:

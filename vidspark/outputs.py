@@ -67,8 +67,15 @@ def append_partitioned(df: DataFrame, path: str, *, max_rows_per_file: int, part
         legacy = path.rstrip("/") + ".v0.1"
         fs.rename(path, legacy)
         logger.warning("%s held an errors table of vidspark 0.1 (not partitioned): moved it to %s", path, legacy)
-    writer = parquet_writer(clustered(df, partition_by), "append").option("maxRecordsPerFile", max_rows_per_file)
-    writer.partitionBy(*partition_by).parquet(path)
+    _clustered_writer(df, "append", partition_by, max_rows_per_file).parquet(path)
+
+
+def _clustered_writer(df: DataFrame, mode: str, partition_by: tuple[str, ...], max_rows_per_file: int | None) -> Any:
+    """The writer of a partitioned vidspark table: :func:`clustered` rows, files of at most ``max_rows_per_file`` rows."""
+    writer = parquet_writer(clustered(df, partition_by), mode)
+    if max_rows_per_file is not None:
+        writer = writer.option("maxRecordsPerFile", max_rows_per_file)
+    return writer.partitionBy(*partition_by)
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
@@ -268,10 +275,7 @@ def replace_partitions(
     run_dir = join(staging_root(table), run_id)
     if fs.exists(HPath(run_dir)):
         fs.delete(HPath(run_dir), True)
-    writer = parquet_writer(clustered(df, partition_by), "overwrite")
-    if max_rows_per_file is not None:
-        writer = writer.option("maxRecordsPerFile", max_rows_per_file)
-    writer.partitionBy(*partition_by).parquet(join(run_dir, "data"))
+    _clustered_writer(df, "overwrite", partition_by, max_rows_per_file).parquet(join(run_dir, "data"))
     partitions = _partition_dirs(fs, jvm, join(run_dir, "data"), len(partition_by))
     if scope is not None and not set(partitions) <= set(scope):
         fs.delete(HPath(run_dir), True)
