@@ -15,14 +15,14 @@ import numpy as np, sys
 from vidspark.config import FeaturizerConf
 from vidspark.backbone import build_model, featurize_arrays
 x = np.random.default_rng(5).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
-f = featurize_arrays(build_model(FeaturizerConf(weights="random", seed=3, image_size=64)), x)
+f = featurize_arrays(build_model(FeaturizerConf(weights="random", seed=3, precision="float32", image_size=64)), x)
 np.save(sys.argv[1], f)
 """
 
 
 @pytest.fixture(scope="module")
 def small_model():
-    return build_model(FeaturizerConf(weights="random", seed=3, image_size=64))
+    return build_model(FeaturizerConf(weights="random", seed=3, precision="float32", image_size=64))
 
 
 def test_random_weights_are_identical_in_another_process(small_model, tmp_path):
@@ -70,7 +70,7 @@ def test_weights_file_round_trip(small_model, tmp_path):
     """A local weights file (the air-gapped path) loads into the same model."""
     path = tmp_path / "resnet50_notop.weights.h5"
     small_model.save_weights(path)
-    loaded = build_model(FeaturizerConf(weights=str(path), image_size=64))
+    loaded = build_model(FeaturizerConf(weights=str(path), precision="float32", image_size=64))
     x = np.random.default_rng(8).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(featurize_arrays(loaded, x), featurize_arrays(small_model, x), rtol=1e-5, atol=1e-6)
 
@@ -83,7 +83,7 @@ def test_weights_from_s3_fetched_once_into_cache(small_model, s3_client, bucket,
     small_model.save_weights(path)
     s3_client.upload_file(str(path), bucket, "models/resnet50_notop.weights.h5")
     uri = f"s3://{bucket}/models/resnet50_notop.weights.h5"
-    conf = FeaturizerConf(weights=uri, image_size=64, cache_dir=str(tmp_path / "cache"))
+    conf = FeaturizerConf(weights=uri, precision="float32", image_size=64, cache_dir=str(tmp_path / "cache"))
     storage = StorageConf(endpoint_url=s3_endpoint)
     loaded = build_model(conf, storage)
     cached = tmp_path / "cache" / "weights" / bucket / "models" / "resnet50_notop.weights.h5"
@@ -105,7 +105,7 @@ def _scenes(n: int, size: int) -> np.ndarray:
 def float32_featurizer():
     from vidspark.backbone import Featurizer
 
-    return Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4))
+    return Featurizer(FeaturizerConf(weights="random", seed=3, precision="float32", image_size=64, batch_size=4))
 
 
 def test_compiled_call_equals_keras_predict_for_any_batch_size(float32_featurizer, small_model):
@@ -134,7 +134,7 @@ def test_mixed_precision_features_within_1e_2_of_float32(float32_featurizer, pre
     compute = {layer.dtype_policy.compute_dtype for layer in mixed.model.layers if hasattr(layer, "dtype_policy")}
     assert precision in compute
     # The global Keras policy is restored: a float32 model built afterwards computes in float32.
-    after = build_model(FeaturizerConf(weights="random", seed=3, image_size=64))
+    after = build_model(FeaturizerConf(weights="random", seed=3, precision="float32", image_size=64))
     assert {layer.dtype_policy.compute_dtype for layer in after.layers if hasattr(layer, "dtype_policy")} == {"float32"}
 
 
@@ -142,7 +142,7 @@ def test_xla_pads_the_last_batch_and_matches_float32(float32_featurizer):
     from vidspark.backbone import Featurizer
 
     x = _scenes(6, 64)
-    xla = Featurizer(FeaturizerConf(weights="random", seed=3, image_size=64, batch_size=4, xla=True))
+    xla = Featurizer(FeaturizerConf(weights="random", seed=3, precision="float32", image_size=64, batch_size=4, xla=True))
     got = xla(x)  # 4 + 2 padded to 4
     assert got.shape == (6, FEATURE_DIM)
     np.testing.assert_allclose(got, float32_featurizer(x), rtol=1e-3, atol=1e-4)

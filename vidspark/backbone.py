@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import platform
 import tempfile
 import threading
 import time
@@ -153,6 +155,57 @@ def _seeded_init(model: Any, seed: int) -> None:
 
 
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# CPU flags (as /proc/cpuinfo names them) that mean native bfloat16 arithmetic: AVX-512 BF16 (AMD Zen 4+,
+# Intel Cooper Lake) and AMX (Intel Sapphire Rapids+). Without them bfloat16 is emulated, and slower than float32.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# The flags that decide TensorFlow's CPU kernels, recorded with benchmarks and keyed into the calibration cache.
+_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd", "sve")
+
+
+def cpu_info() -> dict[str, Any]:
+    """This machine's CPU: model name, the flags that decide TensorFlow's kernels, and the usable core count.
+
+    Linux reads ``/proc/cpuinfo``; elsewhere the model is :func:`platform.processor` and the flags are empty.
+    """
+    model: str = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in ("model name", "Model", "cpu model") and value.strip():
+                model = value.strip()
+            elif name in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return {"model": model, "flags": sorted(f for f in flags if f in _SPEED_FLAGS), "cores": cores}
+
+
+def gpu_details(tf: Any, device: str) -> dict[str, Any] | None:
+    """Name and compute capability of the GPU ``device`` (``/GPU:N``), or None on a CPU."""
+    if not device.startswith("/GPU:"):
+        return None
+    gpus = tf.config.list_physical_devices("GPU")
+    index = int(device.split(":")[1])
+    details = tf.config.experimental.get_device_details(gpus[index]) if index < len(gpus) else {}
+    cc = details.get("compute_capability")
+    return {"name": details.get("device_name", f"GPU {index}"), "compute_capability": list(cc) if cc else None}
+
+
+def auto_precision(gpu: dict[str, Any] | None, cpu_flags: list[str] | set[str]) -> str:
+    """``featurizer.precision: auto``: the fastest precision this device computes natively.
+
+    NVIDIA GPUs: bfloat16 from compute capability 8.0 (Ampere: bf16 tensor cores), mixed float16 on 7.x
+    (Volta, Turing: float16 tensor cores only), float32 below. CPUs: bfloat16 only with native BF16
+    (AVX-512 BF16 or AMX), else float32: emulated bfloat16 is slower than float32.
+    """
+    if gpu is not None:
+        cc = tuple(gpu.get("compute_capability") or (0, 0))
+        return "bfloat16" if cc >= (8, 0) else "float16" if cc >= (7, 0) else "float32"
+    return "bfloat16" if any(f in cpu_flags for f in NATIVE_BF16_CPU_FLAGS) else "float32"
 
 
 def task_cpus() -> int | None:
@@ -213,11 +266,11 @@ def configure_threads(tf: Any, conf: FeaturizerConf) -> None:
             logger.warning("TensorFlow already started in pid %d with %s intra-op threads; keeping them (wanted %d)", os.getpid(), current or "default", threads)
 
 
-def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any:
+def build_model(conf: FeaturizerConf, storage: StorageConf | None = None, *, precision: str | None = None) -> Any:
     """Build ResNet50 (no top, global average pooling, 2048 outputs) with the configured weights.
 
-    ``conf.precision`` other than float32 builds it under Keras' mixed policy (float32 variables,
-    bfloat16 or float16 compute).
+    ``precision`` (default ``conf.precision``; ``auto`` is resolved for this machine's CPU) other than
+    float32 builds it under Keras' mixed policy (float32 variables, bfloat16 or float16 compute).
 
     Raises
     ------
@@ -226,8 +279,11 @@ def build_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Any
     """
     tf = import_tensorflow()
     configure_threads(tf, conf)
+    precision = precision or conf.precision
+    if precision == "auto":
+        precision = auto_precision(None, cpu_info()["flags"])
     previous = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(_POLICIES[conf.precision])
+    tf.keras.mixed_precision.set_global_policy(_POLICIES[precision])
     try:
         return _build(tf, conf, storage)
     finally:
@@ -258,11 +314,25 @@ def _build(tf: Any, conf: FeaturizerConf, storage: StorageConf | None) -> Any:
         raise ModelError(f"cannot load ResNet50 weights from {w!r}: {type(exc).__name__}: {exc}") from exc
 
 
+# Batch sizes a calibration tries, in order, on CPUs and on GPUs; it stops at the first that is no faster.
+CPU_BATCH_CANDIDATES = (16, 32, 64, 128)
+GPU_BATCH_CANDIDATES = (32, 64, 128, 256, 512)
+CALIBRATION_FILE = "calibration.json"
+
+
+def cache_root(conf: FeaturizerConf) -> Path:
+    """This machine's vidspark cache folder: ``featurizer.cache_dir``, else ``<tmp>/vidspark-cache``."""
+    return Path(conf.cache_dir or os.path.join(tempfile.gettempdir(), "vidspark-cache")).expanduser()
+
+
 class Featurizer:
     """A built model and its compiled call, on one device: uint8 frames in, float32 features out.
 
     The call is one ``tf.function`` traced once for any batch size (XLA: batches are padded to
-    ``batch_size``, because XLA compiles one program per shape).
+    ``batch_size``, because XLA compiles one program per shape). ``precision: auto`` is resolved
+    for the device (:func:`auto_precision`); ``batch_size: 0`` (``auto``) is measured on it
+    (:meth:`calibrate`), or read from the calibration cached for this CPU/GPU model, precision,
+    thread count and TensorFlow version.
     """
 
     def __init__(self, conf: FeaturizerConf, storage: StorageConf | None = None, *, gpu_address: str | None = None) -> None:
@@ -272,21 +342,89 @@ class Featurizer:
         self.import_s = 0.0
         configure_threads(tf, conf)  # first: entering a tf.device starts TensorFlow's runtime
         self.device = choose_device(tf, gpu_address)
+        self.gpu = gpu_details(tf, self.device)
+        cpu = cpu_info()
+        self.precision = auto_precision(self.gpu, cpu["flags"]) if conf.precision == "auto" else conf.precision
         with tf.device(self.device):
-            self.model = build_model(conf, storage)
+            self.model = build_model(conf, storage, precision=self.precision)
         spec = tf.TensorSpec((None, conf.image_size, conf.image_size, 3), tf.float32)
         model = self.model
         self._fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), input_signature=[spec], jit_compile=conf.xla)
         self._tf = tf
         self.build_s = time.perf_counter() - t0
         self.versions = f"tensorflow {tf.__version__}, keras {tf.keras.__version__}"
+        self.threads = conf.threads or task_cpus() or tf.config.threading.get_intra_op_parallelism_threads() or cpu["cores"]
+        self.batch_size = conf.batch_size
         t1 = time.perf_counter()
-        self(np.zeros((min(conf.batch_size, 2) if not conf.xla else conf.batch_size, conf.image_size, conf.image_size, 3), np.uint8))
+        self._call(np.zeros((min(conf.batch_size or 2, 2) if not conf.xla else conf.batch_size or 2, conf.image_size, conf.image_size, 3), np.uint8), conf.batch_size or 2)
         self.warm_s = time.perf_counter() - t1  # tracing and graph optimisation of the first call
+        self.calibration: dict[str, Any] = {"batch_size": conf.batch_size, "source": "featurizer.batch_size"}
+        self.calibrate_s = 0.0
+        if not conf.batch_size:
+            t2 = time.perf_counter()
+            self.calibration = self._calibrated(cpu)
+            self.batch_size = int(self.calibration["batch_size"])
+            self.calibrate_s = time.perf_counter() - t2
+
+    def hardware_key(self, cpu: dict[str, Any]) -> str:
+        """What a calibration holds for: device model, precision, threads, input size, TensorFlow."""
+        device = f"gpu {self.gpu['name']} cc{self.gpu['compute_capability']}" if self.gpu else f"cpu {cpu['model']} [{' '.join(cpu['flags'])}]"
+        return f"{device} | {self.conf.backbone}@{self.conf.image_size} {self.precision} xla={self.conf.xla} threads={self.threads} | {self.versions}"
+
+    def _calibrated(self, cpu: dict[str, Any]) -> dict[str, Any]:
+        key = self.hardware_key(cpu)
+        path = cache_root(self.conf) / CALIBRATION_FILE
+        cached: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            cached = json.loads(path.read_text())
+        if isinstance(cached.get(key), dict) and cached[key].get("batch_size"):
+            return {**cached[key], "source": "cached", "file": str(path)}
+        result = self.calibrate()
+        with contextlib.suppress(OSError, ValueError):  # a cache that cannot be written only costs the next worker a calibration
+            path.parent.mkdir(parents=True, exist_ok=True)
+            latest: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                latest = json.loads(path.read_text())  # another worker may have written meanwhile
+            latest[key] = result
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(latest, fh, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        logger.info("featurizer calibrated in pid %d: batch %s (%s frames/s by batch)", os.getpid(), result["batch_size"], result["fps_by_batch"])
+        return {**result, "source": "measured", "file": str(path)}
+
+    def calibrate(self, candidates: tuple[int, ...] | None = None, min_frames: int = 48) -> dict[str, Any]:
+        """Measure frames/s at growing batch sizes (one untimed call each, then at least ``min_frames`` timed); keep the fastest.
+
+        Stops at the first size that is not at least 3% faster than the best so far (larger batches
+        only cost memory from there) and, on a GPU, at the first that runs out of memory.
+        """
+        candidates = candidates or (GPU_BATCH_CANDIDATES if self.gpu else CPU_BATCH_CANDIDATES)
+        rng = np.random.default_rng(0)
+        frames = rng.integers(0, 256, size=(max(candidates), self.conf.image_size, self.conf.image_size, 3), dtype=np.uint8)
+        fps: dict[int, float] = {}
+        for bs in candidates:
+            try:
+                self._call(frames[:bs], bs)
+                t0 = time.perf_counter()
+                done = 0
+                while done < max(min_frames, bs):
+                    self._call(frames[:bs], bs)
+                    done += bs
+                fps[bs] = done / (time.perf_counter() - t0)
+            except self._tf.errors.ResourceExhaustedError:
+                break
+            best = max(fps.values())
+            if fps[bs] < best * 1.03 and len(fps) > 1:
+                break
+        best_bs = max(fps, key=lambda b: fps[b])
+        return {"batch_size": best_bs, "fps_by_batch": {str(b): round(v, 2) for b, v in fps.items()}, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Features of uint8 ``(n, s, s, 3)`` images, in batches of ``conf.batch_size``."""
-        bs = self.conf.batch_size
+        """Features of uint8 ``(n, s, s, 3)`` images, in batches of ``batch_size``."""
+        return self._call(images, self.batch_size)
+
+    def _call(self, images: np.ndarray, bs: int) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, FEATURE_DIM), dtype=np.float32)
         out = []
@@ -298,6 +436,10 @@ class Featurizer:
                     chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.float32)])
                 out.append(self._fn(self._tf.constant(chunk)).numpy()[:n])
         return np.concatenate(out, axis=0)
+
+    def describe(self) -> str:
+        """``batch 32 (measured), bfloat16, 2 threads, /CPU:0``: what the run record counts tasks under."""
+        return f"batch {self.batch_size} ({self.calibration.get('source')}), {self.precision}, {self.threads} threads, {self.device}"
 
 
 def model_is_cached(conf: FeaturizerConf, storage: StorageConf | None = None) -> bool:

@@ -66,16 +66,18 @@ class FeaturizerConf:
     weights: str = "imagenet"
     seed: int = 0
     image_size: int = 224
-    batch_size: int = 32
+    batch_size: int = 0  # 0 = auto: measured per executor (cached per CPU/GPU model); "auto" in YAML and --set
     threads: int = 0
     fetch_threads: int = 4
     max_image_pixels: int = 89_478_485
     decode_timeout_s: float = 120.0
     cache_dir: str | None = None
     imagenet_url: str = IMAGENET_NOTOP_URL
-    precision: str = "float32"
+    precision: str = "auto"
     xla: bool = False
     warm_up: bool = True
+    decode_mode: str = "auto"  # alternate | overlap | auto (alternate when the model has every core of the task)
+    skip_static: float = 0.0  # > 0: a video frame this close to the last featurized one reuses its features
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "storage.addressing_style": ("auto", "virtual", "path"),
     "storage.retry_mode": ("standard", "adaptive", "legacy"),
     "featurizer.backbone": ("resnet50",),
-    "featurizer.precision": ("float32", "bfloat16", "float16"),
+    "featurizer.precision": ("auto", "float32", "bfloat16", "float16"),
+    "featurizer.decode_mode": ("auto", "alternate", "overlap"),
 }
 # (minimum, maximum) inclusive; None is unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -173,7 +176,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "storage.connect_timeout": (0.1, None),
     "storage.read_timeout": (0.1, None),
     "featurizer.image_size": (32, 1024),
-    "featurizer.batch_size": (1, 4096),
+    "featurizer.batch_size": (0, 4096),
+    "featurizer.skip_static": (0.0, 1.0),
     "featurizer.threads": (0, 1024),
     "featurizer.fetch_threads": (1, 256),
     "featurizer.max_image_pixels": (1, None),
@@ -302,6 +306,8 @@ def from_dict(raw: Mapping[str, Any] | None) -> Conf:
             full = f"{name}.{key}"
             if full == "input.layout" and isinstance(val, list) and val and all(isinstance(v, str) for v in val):
                 val = " | ".join(val)  # a YAML list of templates: alternatives, first match wins
+            if full == "featurizer.batch_size" and val == "auto":
+                val = 0  # measured on each executor (Featurizer.calibrate)
             coerced = _check_type(full, val, hints[key])
             _validate_value(full, coerced)
             kwargs[key] = coerced

@@ -27,7 +27,7 @@ from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.feature_store import StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
-from vidspark.frames import VERSIONS_KEY, TaskStats, with_features, with_segments
+from vidspark.frames import MODEL_KEY, VERSIONS_KEY, TaskStats, with_features, with_segments
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout, TimeZones
 from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
@@ -191,8 +191,9 @@ def featurize(
         "error_fraction": (n_errors / counts["listed"]) if counts["listed"] else 0.0,
         "partitions": [{"camera_id": c, "date": d, **outcome.partition_counts.get((c, d), {"frames": 0, "objects": 0})} for c, d in outcome.partitions],
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items()) if not k.startswith(VERSIONS_KEY)},
+        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items()) if not k.startswith((VERSIONS_KEY, MODEL_KEY))},
         "executor_versions": {k[len(VERSIONS_KEY) :]: int(v) for k, v in sorted(dict(stats.value).items()) if k.startswith(VERSIONS_KEY)},
+        "executor_models": {k[len(MODEL_KEY) :]: int(v) for k, v in sorted(dict(stats.value).items()) if k.startswith(MODEL_KEY)},  # batch size, precision, threads, device, decode mode: tasks
         "task_slots": task_slots(spark),
     }
     logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", outcome.frames, outcome.ok_objects, diff.counts["skipped"])

@@ -69,6 +69,9 @@ SOURCE_FIELDS = [
 
 # Which TensorFlow and Keras computed a feature row (``tensorflow 2.21.0, keras 3.15.1``); null in rows of older stores.
 FRAMEWORK_FIELD = T.StructField("framework", T.StringType(), True)
+# featurizer.skip_static: null where the frame went through the model, else the frame_idx (same video) whose
+# features it reuses because it hardly differed from that frame; null in rows of older stores.
+FEATURES_FROM_FIELD = T.StructField("features_from_idx", T.LongType(), True)
 
 FEATURES_SCHEMA = T.StructType(
     [
@@ -77,6 +80,7 @@ FEATURES_SCHEMA = T.StructType(
         T.StructField("featurizer", T.StringType(), False),
         *SOURCE_FIELDS,
         FRAMEWORK_FIELD,
+        FEATURES_FROM_FIELD,
     ]
 )
 
@@ -104,6 +108,7 @@ FEATURIZE_RESULT_SCHEMA = T.StructType(
         T.StructField("featurizer", T.StringType(), True),
         *SOURCE_FIELDS,
         FRAMEWORK_FIELD,
+        FEATURES_FROM_FIELD,
         *_ERROR_FIELDS,
     ]
 )
