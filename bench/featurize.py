@@ -7,16 +7,20 @@ On one synthetic archive of JPEGs (quality 85, CCTV-like scenes) served by a loc
 - **matmul**: TensorFlow's float32 2048x2048 matrix product, GFLOP/s, and the frames/s it bounds
   ResNet50 to (7.8 GFLOP a 224x224 frame);
 - **A, model ceiling**: vidspark's compiled ResNet50 call on decoded 224x224 arrays, one process,
-  best of several batch sizes; float32, and mixed bfloat16 beside it;
+  best of several batch sizes, at the precision ``auto`` picks on this CPU (what C runs: bfloat16
+  with native BF16, else float32), and float32 beside it;
 - **B, the notebook way**: a fresh Python process: boto3 get -> Pillow open/resize -> batches of 32
   -> Keras ``predict_on_batch``; timed from process start (imports and model build included, as
   C's are) and, apart, its loop alone;
 - **C, vidspark**: ``vidspark featurize`` on ``local[*]`` in its own process (listing, fetch, decode,
   model, Parquet write), timed from job start (session up) to features on disk, the JVM start
   reported apart; also its throughput inside the featurize tasks (model built), from the run
-  record's task timings; peak resident memory of its Python workers, and again on an input 4x larger.
+  record's task timings; peak resident memory of its Python workers, and again on an input 4x larger
+  (1600 frames: the end-to-end C/A target); once more with ``featurizer.decode_mode=overlap`` (decode
+  beside the model, the behaviour before issue 15) against the default ``alternate``.
 
-Prints frames/s for A, B, C, the ratios C/A and C/B, and writes ``bench/results/featurize.json``.
+Prints frames/s for A, B, C, the ratios C/A and C/B, and writes ``bench/results/featurize.json``
+(with the machine: CPU model and flags, cores, TensorFlow/Keras versions).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -62,9 +65,11 @@ def matmul_gflops(n: int = 2048, repeat: int = 20) -> float:
 
 
 def model_ceiling(batch_sizes: list[int], n_frames: int, precision: str = "float32") -> dict[str, Any]:
-    from vidspark.backbone import Featurizer
+    from vidspark.backbone import Featurizer, auto_precision, cpu_info
     from vidspark.config import FeaturizerConf
 
+    if precision == "auto":
+        precision = auto_precision(None, cpu_info()["flags"])
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(max(batch_sizes), 224, 224, 3), dtype=np.uint8)
     by_batch = {}
@@ -182,6 +187,7 @@ def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str], *, gpu: b
         "tasks": tasks,
         "task_slots": slots,
         "worker_peak_rss_mb": round(peak),
+        "executor_models": record["summary"].get("executor_models"),
         "s3_server_cpu_s": round(server_cpu, 2),
     }
 
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="640x480,1920x1080")
     parser.add_argument("--batch-sizes", default="16,32,64")
     parser.add_argument("--memory-factor", type=int, default=4, help="C again on the first size with this many times the objects (0: skip)")
+    parser.add_argument("--no-overlap", dest="overlap", action="store_false", help="skip the C run with featurizer.decode_mode=overlap")
     parser.add_argument("--c-set", action="append", default=[], metavar="KEY=VALUE", help="extra --set for the vidspark run (C)")
     parser.add_argument("--notebook", nargs=4, metavar=("ENDPOINT", "BUCKET", "PREFIX", "LAUNCHED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS / "featurize.json"))
@@ -242,14 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     t_start = time.perf_counter()
     server, endpoint, names = serve_archive(sizes, args.per_size, memory_factor=args.memory_factor)
-    results: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "per_size": args.per_size, "C_settings": args.c_set, "sizes": {}}
+    results: dict[str, Any] = {"per_size": args.per_size, "C_settings": args.c_set, "sizes": {}}
     try:
         gflops = matmul_gflops()
         results["matmul_gflops"] = round(gflops, 1)
         results["flop_bound_fps"] = round(gflops / GFLOP_PER_FRAME, 1)
-        results["A"] = model_ceiling(batch_sizes, n_frames=192)
+        results["A"] = model_ceiling(batch_sizes, n_frames=192, precision="auto")  # what C runs
         results["A"]["over_flop_bound"] = round(results["A"]["fps"] / results["flop_bound_fps"], 3)
-        results["A_bfloat16"] = model_ceiling(batch_sizes, n_frames=192, precision="bfloat16")
+        results["A_float32"] = model_ceiling(batch_sizes, n_frames=192) if results["A"]["precision"] != "float32" else results["A"]
         c_extra = ["--layout", "{label}/**"] + [a for kv in args.c_set for a in ("--set", kv)]
         a_fps = results["A"]["fps"]
         for name in names:
@@ -275,15 +282,22 @@ def main(argv: list[str] | None = None) -> int:
                 "growth": round(big["worker_peak_rss_mb"] / small["worker_peak_rss_mb"], 3),
                 "C_fps_large": big["fps"],
                 "C_in_tasks_fps_large": big["in_tasks_fps"],
+                "C_over_A_large": round(big["fps"] / a_fps, 3),
+                "C_in_tasks_over_A_large": round(big["in_tasks_fps"] / a_fps, 3),
+                "C_large": big,
             }
+        if args.overlap:  # decode beside the model (before issue 15) against the default, same input
+            with tempfile.TemporaryDirectory() as tmp:
+                over = vidspark_run(f"s3://bench/{names[0]}", Path(tmp), endpoint, [*c_extra, "--set", "featurizer.decode_mode=overlap"])
+            results["decode_overlap"] = {"input": names[0], "C": over, "C_over_A": round(over["fps"] / a_fps, 3), "C_in_tasks_over_A": round(over["in_tasks_fps"] / a_fps, 3)}
     finally:
         server.stop()
     results["bench_s"] = round(time.perf_counter() - t_start, 1)
 
     a = results["A"]
     print(f"matmul {results['matmul_gflops']} GFLOP/s -> FLOP bound {results['flop_bound_fps']} frames/s (7.8 GFLOP a frame)")
-    print(f"A  model ceiling float32:  {a['fps']} frames/s at batch {a['best_batch']} ({a['over_flop_bound']:.2f} of the bound; target >= 0.75); by batch {a['fps_by_batch']}")
-    print(f"A  model ceiling bfloat16: {results['A_bfloat16']['fps']} frames/s at batch {results['A_bfloat16']['best_batch']}")
+    print(f"A  model ceiling {a['precision']} (what auto picks here): {a['fps']} frames/s at batch {a['best_batch']} ({a['over_flop_bound']:.2f} of the float32 bound); by batch {a['fps_by_batch']}")
+    print(f"A  model ceiling float32: {results['A_float32']['fps']} frames/s at batch {results['A_float32']['best_batch']}; by batch {results['A_float32']['fps_by_batch']}")
     print(
         f"{'size':>10} {'B fps':>6} {'B loop':>7} {'C fps':>6} {'C tasks':>8} {'C/A':>5} {'C/A tasks':>9} {'C/B':>5} {'C/B loop':>8} {'C job s':>7} {'JVM s':>6} {'worker MB':>9} {'S3 CPU s B/C':>12}"
     )
@@ -304,6 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in results:
         m = results["memory"]
         print(f"worker peak memory: {m['worker_peak_rss_mb'][0]} MB for {m['frames'][0]} frames, {m['worker_peak_rss_mb'][1]} MB for {m['frames'][1]} ({m['growth']:.3f}x)")
+        print(
+            f"C on {m['frames'][1]} frames: {m['C_fps_large']} frames/s end to end (C/A {m['C_over_A_large']:.2f}, target >= 0.70), "
+            f"{m['C_in_tasks_fps_large']} in tasks (C/A {m['C_in_tasks_over_A_large']:.2f}, target >= 0.85); model {m['C_large']['tasks'].get('model_s', 0):.1f} s, "
+            f"waiting for frames {m['C_large']['tasks'].get('wait_s', 0):.1f} s, run as {m['C_large'].get('executor_models')}"
+        )
+    if "decode_overlap" in results:
+        o = results["decode_overlap"]
+        base = results["sizes"][o["input"]]
+        print(
+            f"decode_mode overlap on {o['input']}: C {o['C']['fps']} frames/s end to end, {o['C']['in_tasks_fps']} in tasks (C/A {o['C_in_tasks_over_A']:.2f}) "
+            f"against alternate {base['C']['fps']} / {base['C']['in_tasks_fps']} (C/A {base['C_in_tasks_over_A']:.2f})"
+        )
     print(f"bench took {results['bench_s']} s")
     write_results(results, args.out)
     return 0
