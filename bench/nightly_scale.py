@@ -96,7 +96,8 @@ def build_store(spark: Any, root: Path, store: Path, featurizer: str) -> int:
     df = df.select(
         "uri", "etag", "camera_id", F.lit(None).cast("string").alias("video_id"), F.lit(0).cast("long").alias("frame_idx"), "frame_ts",
         F.to_date("frame_ts").alias("date"), F.lit(None).cast("string").alias("label"), F.array(*[F.lit(0.5).cast("float")] * 8).alias("features"),
-        F.lit(featurizer).alias("featurizer"), F.col("frame_ts").alias("object_ts"), F.lit(None).cast("long").alias("dropped_frames"), F.lit(None).cast("string").alias("framework"),
+        F.lit(featurizer).alias("featurizer"), F.col("frame_ts").alias("object_ts"), F.lit(None).cast("long").alias("dropped_frames"),
+        F.lit(None).cast("string").alias("framework"), F.lit(None).cast("long").alias("features_from_idx"),
     )  # fmt: skip
     df = spark.createDataFrame(df.rdd, FEATURES_SCHEMA)
     df.repartition("camera_id", "date").write.mode("overwrite").partitionBy("camera_id", "date").parquet(str(store))

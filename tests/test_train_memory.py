@@ -26,7 +26,7 @@ def write_store(spark, path, videos):
             uri = f"s3://b/{camera}/{video_id}.mp4" if video_id else f"s3://b/{camera}/still{v}.jpg"
             vec = [float(v), float(i), *np.random.default_rng(v * 1000 + i).normal(size=DIM - 2).tolist()]
             ts = T0 + timedelta(seconds=i)
-            rows.append((uri, "e", camera, video_id, i, ts, date(2026, 11, 20), label, vec, "resnet50/random-seed0@224", T0, None, None))
+            rows.append((uri, "e", camera, video_id, i, ts, date(2026, 11, 20), label, vec, "resnet50/random-seed0@224", T0, None, None, None))
     write_partitioned(spark.createDataFrame(rows, schema=FEATURES_SCHEMA), str(path))
     return read_table(spark, str(path), FEATURES_SCHEMA)
 
@@ -124,7 +124,7 @@ def test_a_class_too_small_for_a_share_of_max_rows(spark, tmp_path):
 
 
 def test_features_of_several_lengths_refused(spark, tmp_path):
-    rows = [(f"s3://b/{n}.jpg", "e", "cam", None, 0, T0, date(2026, 11, 20), "ab"[n % 2], [0.5] * (4 if n else 5), "f", T0, None, None) for n in range(6)]
+    rows = [(f"s3://b/{n}.jpg", "e", "cam", None, 0, T0, date(2026, 11, 20), "ab"[n % 2], [0.5] * (4 if n else 5), "f", T0, None, None, None) for n in range(6)]
     write_partitioned(spark.createDataFrame(rows, schema=FEATURES_SCHEMA), str(tmp_path / "features"))
     with pytest.raises(TrainingDataError, match=r"\[4, 5\] values per row"):
         gather_labeled(read_table(spark, str(tmp_path / "features"), FEATURES_SCHEMA), max_rows=100, seed=0)

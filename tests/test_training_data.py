@@ -20,7 +20,7 @@ def features_table(spark, path, labels, *, bad_rows=0, dim=8):
         if i < bad_rows:
             vec[i % dim] = np.nan if i % 2 else np.inf
         ts = datetime(2026, 11, 20, tzinfo=timezone.utc)
-        rows.append((f"s3://b/{label}/{i}.jpg", "e", "unknown", None, 0, ts, date(2026, 11, 20), label, [float(v) for v in vec], "resnet50/random-seed0@224", ts, None, None))
+        rows.append((f"s3://b/{label}/{i}.jpg", "e", "unknown", None, 0, ts, date(2026, 11, 20), label, [float(v) for v in vec], "resnet50/random-seed0@224", ts, None, None, None))
     write_partitioned(spark.createDataFrame(rows, schema=FEATURES_SCHEMA), str(path))
 
 
