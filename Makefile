@@ -9,7 +9,7 @@ WHEEL := dist/vidspark-$(VERSION)-py3-none-any.whl
 ENV_ARCHIVE := dist/vidspark-$(VERSION)-env.tar.gz
 WHEEL_SOURCES := $(shell find vidspark -type f ! -path '*/__pycache__/*' ! -name '*.pyc') pyproject.toml setup.py README.md
 
-.PHONY: demo test test-all test-fast test-data lint java venv clean browser constraints dist bench bench-video bench-featurize bench-train bench-gpu bench-nightly
+.PHONY: demo test test-all test-fast test-data lint java venv clean browser constraints dist bench bench-video bench-featurize bench-train bench-gpu bench-nightly bench-small bench-skip-static
 
 java:
 	@scripts/check_java.sh
@@ -34,9 +34,10 @@ lint: $(STAMP)
 test-data:
 	@PYTHON=$(PYTHON) scripts/fetch_real_videos.sh tests/data/real
 
-# The README's test command (CI runs it, then test-all): lint and every test not marked slow, within 10 minutes on 2 cores.
+# The README's test command (CI runs it, then test-all): lint and every test not marked slow, within 10 minutes on 2 cores;
+# it ends with the 15 slowest tests, so that one that grows shows up.
 test: java $(STAMP) lint test-data browser
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 # Headless Chromium from Debian's packages, for the report page's browser test (nothing to do once installed).
 browser:
@@ -48,7 +49,7 @@ test-all: java $(STAMP) test-data
 
 test-fast: test
 
-bench: bench-video bench-featurize bench-train
+bench: bench-video bench-featurize bench-train bench-skip-static bench-small
 	@echo "make bench: done; tables above, JSON in bench/results/"
 
 bench-video: $(STAMP)
@@ -66,6 +67,14 @@ bench-nightly: java $(STAMP)
 
 bench-gpu: java $(STAMP)
 	$(PY) bench/gpu_featurize.py
+
+# featurizer.skip_static on CCTV-like footage built from real recordings: frames skipped, speed-up, labels and probabilities against every frame.
+bench-skip-static: java $(STAMP) test-data
+	$(PY) bench/skip_static.py
+
+# Small jobs against a bare Spark start: predict of 64 frames and a night with nothing new, with where the time goes.
+bench-small: java $(STAMP)
+	$(PY) bench/small_jobs.py
 
 # Pins of the environment the tests passed with: the executors' environment (make dist) is installed with them.
 constraints: $(STAMP)
