@@ -13,7 +13,10 @@ Each figure is one fresh process, timed from its launch to its exit, best of ``-
 - **empty night**: ``vidspark run`` over the same archive into an output where the night before
   already processed all of it: nothing new to featurize or predict.
 
-Each row says its seconds and its seconds over the baseline. Then one more run of each, with
+Each row says its seconds and its seconds over the baseline, and beside them the CPU seconds of the
+whole process tree (driver, JVM, Python workers: the benchmark adopts and reaps them), which a busy
+shared machine disturbs less than wall time; the machine's load average is recorded. Scenarios run
+in rounds whose order rotates. Then one more run of each, with
 instruments on (not timed with the others): Spark's event log (every job: where in vidspark it was
 called, how long it took), the Python workers' imports (``PYTHONPROFILEIMPORTTIME`` in their
 environment, their stderr apart from the driver's), the driver's imports (``-X importtime``), the
@@ -50,6 +53,7 @@ CAMERAS = ("cam1", "cam2")
 VIDEOS_PER_CAMERA = 2
 FRAMES_PER_VIDEO = 16  # 2 cameras x 2 videos x 16 frames = 64 frames
 RANDOM = ["--set", "featurizer.weights=random"]
+LOADS: list[float] = []  # the machine's 1-minute load average as each timed run started (a shared machine: how busy it was)
 HEAVY = ("tensorflow", "keras", "lightgbm", "sklearn", "pandas", "pyarrow", "boto3", "botocore", "matplotlib", "mlflow", "PIL", "av", "yaml", "numpy", "pyspark")
 
 _BASELINE = r"""
@@ -168,6 +172,7 @@ def reap(timeout: float = 60.0) -> None:
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """Seconds from launch to exit of ``cmd`` (its output pipes closed: the JVM it started has exited too), and the CPU seconds of its whole process tree."""
     reap()  # what an earlier command left (setup, the probes): not this one's
+    LOADS.append(os.getloadavg()[0])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
@@ -241,7 +246,8 @@ def import_summary(lines: list[tuple[int, str, float]]) -> dict[str, Any]:
     by_pkg: dict[str, float] = defaultdict(float)
     for mod, s in top:
         by_pkg[mod.split(".")[0]] += s
-    seen = {mod.split(".")[0] for _, mod, _ in lines}
+    # a package is imported when one of its modules is, or its own line took time (a blocked import, sys.modules[name] = None, leaves a line of a few µs)
+    seen = {mod.split(".")[0] for _, mod, s in lines if "." in mod or s > 1e-4}
     return {
         "total_s": round(sum(s for _, s in top), 3),
         "by_package_s": {k: round(v, 3) for k, v in sorted(by_pkg.items(), key=lambda kv: -kv[1])[:12]},
@@ -341,7 +347,7 @@ def instrumented(src: Path, argv: list[str], work: Path, tag: str) -> dict[str, 
         "driver_modules_heavy": [h for h in HEAVY if h in driver["modules"]],
         "worker_imports": workers,
         "tensorflow_in_driver": "tensorflow" in driver["modules"],
-        "tensorflow_in_workers": any(mod.split(".")[0] == "tensorflow" for _, mod, _ in worker_lines),
+        "tensorflow_in_workers": "tensorflow" in workers["heavy_imported"],
         "run_record_timings": record,
     }
 
@@ -364,6 +370,8 @@ def breakdown(src: Path, name: str, paths: dict[str, Path], work: Path) -> dict[
 
 def print_table(results: dict[str, Any]) -> None:
     print(f"\nsmall_jobs on {results['cpu']} ({results['cores']} cores), best of {results['repeat']}: wall seconds (over the baseline) | CPU seconds of the process tree (over)")
+    if "load_average_1min" in results:
+        print(f"load average (1 min) as the timed runs started: {results['load_average_1min']}")
     names = list(results["code"])
     print(f"{'scenario':22s}" + "".join(f"{n:>36s}" for n in names))
     for key in ("baseline", "predict", "predict_local_yaml", "empty_night") if all("best_s" in results["code"][n] for n in names) else ():
@@ -418,6 +426,8 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    if LOADS:
+        results["load_average_1min"] = {"min": round(min(LOADS), 2), "median": round(statistics.median(LOADS), 2), "max": round(max(LOADS), 2)}
     print_table(results)
     write_results(results, args.out)
 

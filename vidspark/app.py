@@ -30,11 +30,13 @@ SPARK_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
-# And on a local master (the embedded run): conf/local.yaml's spark: section lists exactly these.
+# And on a local master (the embedded run): conf/local.yaml's spark: section lists exactly these. No web UI there:
+# starting it costs every local job 1-2 s of CPU, and vidspark logs its own progress (set it to true to have it).
 LOCAL_SPARK_DEFAULTS: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
     "spark.driver.memory": "4g",
+    "spark.ui.enabled": "false",
 }
 LOG4J2_FILE = Path(__file__).with_name("log4j2.properties")
 _LOG4J_NAMES = ("log4j2.properties", "log4j2.xml", "log4j2.yaml", "log4j2.yml", "log4j2.json", "log4j2-test.properties")
@@ -92,6 +94,19 @@ def java_major(java: str) -> int | None:
     return int(m.group(2) or 0) if major == 1 else major
 
 
+def release_major(java: str) -> int | None:
+    """Major version from the ``release`` file of the JDK or JRE ``java`` belongs to (no JVM started), or None without one."""
+    try:
+        text = (Path(os.path.realpath(java)).parent.parent / "release").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.MULTILINE)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2) or 0) if major == 1 else major
+
+
 def check_java() -> None:
     """Refuse to start without Java 17+, saying what to install.
 
@@ -104,7 +119,7 @@ def check_java() -> None:
     java = os.path.join(home, "bin", "java") if home else shutil.which("java")
     if not java or not os.path.exists(java):
         raise EnvironmentProblem(f"Java not found: PySpark needs Java {MIN_JAVA} or newer; install it (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
-    major = java_major(java)
+    major = release_major(java) or java_major(java)  # the release file when there is one: starting a JVM only to ask costs 0.1-0.5 s
     if major is None or major < MIN_JAVA:
         raise EnvironmentProblem(f"{java} is Java {major or 'unknown'}; PySpark needs Java {MIN_JAVA} or newer: install openjdk-17 and set JAVA_HOME")
 

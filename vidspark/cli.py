@@ -9,6 +9,7 @@ environment lacks something (Java 17+, the model weights). A known failure print
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -231,23 +232,32 @@ def _load(args: argparse.Namespace) -> Conf:
 
 
 def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable[[Any], Any], str | None]:
-    """The library call for a verb (it returns a summary: a dict, or a RunSummary or DemoSummary), and where its run record goes (None: no record)."""
-    from vidspark import featurize, outputs, pipeline, predict, train
+    """The library call for a verb (it returns a summary: a dict, or a RunSummary or DemoSummary), and where its run record goes (None: no record).
+
+    Only the verb's own modules are imported (a ``predict`` never loads the featurizer's, a ``run`` never training's).
+    """
+    from vidspark.fs import join, sibling
 
     v = args.verb
     dry = bool(getattr(args, "dry_run", False))
     if v == "featurize":
+        from vidspark.featurize import featurize
+
         kw = _incremental_kwargs(args, conf, run_id, dry_run=dry)
-        return (lambda s: featurize.featurize(s, input_uri=args.input, output=args.output, errors_output=args.errors, **kw)), None if dry else outputs.sibling(args.output, "runs")
+        return (lambda s: featurize(s, input_uri=args.input, output=args.output, errors_output=args.errors, **kw)), None if dry else sibling(args.output, "runs")
     if v == "train":
-        return (lambda s: train.train(s, features=args.features, model_dir=args.model, conf=conf, run_id=run_id)), outputs.sibling(args.model, "runs")
+        from vidspark.train import train
+
+        return (lambda s: train(s, features=args.features, model_dir=args.model, conf=conf, run_id=run_id)), sibling(args.model, "runs")
     if v == "predict":
-        return (lambda s: predict.predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf, run_id=run_id, dry_run=dry)), None if dry else outputs.join(
-            args.output, "runs"
-        )
+        from vidspark.predict import predict
+
+        return (lambda s: predict(s, features=args.features, model_dir=args.model, output=args.output, conf=conf, run_id=run_id, dry_run=dry)), None if dry else join(args.output, "runs")
     if v == "run":
+        from vidspark.pipeline import run
+
         kw = _incremental_kwargs(args, conf, run_id, dry_run=dry)
-        return (lambda s: pipeline.run(s, input_uri=args.input, model_dir=args.model, output=args.output, **kw)), None if dry else outputs.join(args.output, "runs")
+        return (lambda s: run(s, input_uri=args.input, model_dir=args.model, output=args.output, **kw)), None if dry else join(args.output, "runs")
     if v == "timeline":
         from vidspark import timeline
 
@@ -257,7 +267,9 @@ def _job_fn(args: argparse.Namespace, conf: Conf, run_id: str) -> tuple[Callable
 
         return (lambda s: report.report(s, output=args.output, html=args.html, run_id=args.report_run, top=args.top)), None
     if v == "demo":
-        return (lambda s: pipeline.demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), outputs.join(args.workdir, "output", "runs")
+        from vidspark.pipeline import demo
+
+        return (lambda s: demo(s, workdir=args.workdir, conf=conf, run_id=run_id)), join(args.workdir, "output", "runs")
     raise ConfigError(f"unknown verb {v!r}")  # pragma: no cover - argparse restricts verbs
 
 
@@ -306,17 +318,22 @@ def fail_line(exc: BaseException | str) -> str:
     return f"vidspark: error: {exc}"
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of what made this run's outputs, from package metadata (nothing imported)."""
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str | None], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out: dict[str, str | None] = {"vidspark": __version__, "python": sys.version.split()[0]}
+    out: list[tuple[str, str | None]] = []
     for name in ("pyspark", "tensorflow", "keras", "lightgbm", "numpy", "pyarrow", "av", "pillow", "boto3"):
         try:
-            out[name] = version(name)
+            out.append((name, version(name)))
         except PackageNotFoundError:
-            out[name] = None
-    return out
+            out.append((name, None))
+    return tuple(out)
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of what made this run's outputs, from package metadata (nothing imported; read once per process)."""
+    return {"vidspark": __version__, "python": sys.version.split()[0], **dict(_package_versions())}
 
 
 def spark_settings(session: Any) -> dict[str, str]:

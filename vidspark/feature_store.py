@@ -8,10 +8,13 @@ from datetime import date
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from vidspark.inventory import UNKNOWN_CAMERA, local_date
+from vidspark.inventory import UNKNOWN_CAMERA, collect_counts, local_date
 from vidspark.outputs import append_partitioned, read_partitions, read_table, table_exists
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA
+
+URI_SCHEMA = T.StructType([T.StructField("uri", T.StringType(), True)])  # a StructType, not DDL text: no parser round trip
 
 
 def stored_objects(spark: SparkSession, features: str, featurizer: str, *, cameras: frozenset[str] | None = None, from_date: date | None = None) -> DataFrame | None:
@@ -106,9 +109,10 @@ def diff_with_store(rows: DataFrame, listed_uris: DataFrame, stored: DataFrame |
 
     ``listed_uris``: every listed object (selected or not). ``prune_scope``: with ``--prune``, a
     condition on ``uri`` saying which stored objects the listing covers; those it no longer has are pruned.
+    The counts (skipped, to do, changed, pruned) are collected in one Spark job.
     """
     spark = rows.sparkSession
-    empty = spark.createDataFrame([], "uri string")
+    empty = spark.createDataFrame([], URI_SCHEMA)
     if stored is None:
         todo = rows.persist(StorageLevel.MEMORY_AND_DISK)
         return StoreDiff(todo, None, empty, empty, {"skipped": 0, "todo": todo.count(), "changed": 0, "pruned": 0})
@@ -119,9 +123,11 @@ def diff_with_store(rows: DataFrame, listed_uris: DataFrame, stored: DataFrame |
     changed = joined.where(~F.col("_unchanged") & changed_cond).select("uri").distinct()
     pruned = stored.where(prune_scope).select("uri").join(listed_uris, "uri", "left_anti") if prune_scope is not None else empty
     skip = F.col("_unchanged")
-    agg = joined.agg(F.sum(skip.cast("long")).alias("skipped"), F.sum((~skip).cast("long")).alias("todo"), F.sum((~skip & changed_cond).cast("long")).alias("changed")).collect()[0]
-    counts = {k: int(agg[k] or 0) for k in ("skipped", "todo", "changed")}
-    counts["pruned"] = pruned.count() if prune_scope is not None else 0
+    aggregates = {"diff": joined.agg(F.sum(skip.cast("long")).alias("skipped"), F.sum((~skip).cast("long")).alias("todo"), F.sum((~skip & changed_cond).cast("long")).alias("changed"))}
+    if prune_scope is not None:
+        aggregates["pruned"] = pruned.agg(F.count(F.lit(1)).alias("pruned"))
+    found = collect_counts(aggregates)
+    counts = {**found["diff"], "pruned": found["pruned"]["pruned"] if prune_scope is not None else 0}
     return StoreDiff(todo, stored, changed, pruned, counts)
 
 

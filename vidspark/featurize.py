@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
-from vidspark.feature_store import StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
+from vidspark.feature_store import URI_SCHEMA, StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
 from vidspark.frames import MODEL_KEY, VERSIONS_KEY, TaskStats, with_features, with_segments
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout, TimeZones
@@ -163,7 +163,7 @@ def featurize(
         if diff.counts["todo"] and conf.featurizer.warm_up:  # the model builds in every worker while the videos are probed
             stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats))
 
-        work, plan_errors, n_work = _split_long_videos(spark, diff.todo, conf, timings, stack)
+        work, plan_errors, n_work = _split_long_videos(spark, diff.todo, d["todo"], conf, timings, stack)
         errors_output = errors_output or sibling(output, "errors")
         layout_errors = inv.errors.withColumn("camera_id", F.lit(None).cast("string")).withColumn("date", F.lit(None).cast("date"))  # the key did not say
         driver_errors = layout_errors.unionByName(plan_errors) if plan_errors is not None else layout_errors
@@ -235,8 +235,13 @@ def _prune_scope(location: Location, plan: ListingPlan) -> Column:
     return F.col("uri").startswith(base) & (F.lit(True) if plan.whole else rel.rlike(plan.regex()))
 
 
-def _split_long_videos(spark: SparkSession, todo: DataFrame, conf: Conf, timings: dict[str, float], stack: contextlib.ExitStack) -> tuple[DataFrame, DataFrame | None, int]:
-    """Work rows with every video over ``video.split_min_bytes`` replaced by its segments, the probe's error rows, and the work count."""
+def _split_long_videos(spark: SparkSession, todo: DataFrame, n_todo: int, conf: Conf, timings: dict[str, float], stack: contextlib.ExitStack) -> tuple[DataFrame, DataFrame | None, int]:
+    """Work rows with every video over ``video.split_min_bytes`` replaced by its segments, the probe's error rows, and the work count.
+
+    ``n_todo``: the work rows' count, known from the diff (none: no Spark job is needed to say there is nothing to split).
+    """
+    if not n_todo:
+        return todo, None, 0
     big = (F.col("kind") == "video") & (F.coalesce(F.col("size"), F.lit(0)) > conf.video.split_min_bytes)
     row = todo.agg(F.count(F.lit(1)).alias("n"), F.sum(big.cast("long")).alias("big")).collect()[0]
     n_todo, n_big = int(row["n"] or 0), int(row["big"] or 0)
@@ -289,7 +294,7 @@ def _featurize_and_write(
     errors_df = driver_errors.withColumn("run_id", F.lit(run_id))
     outcome, task_errors = _Outcome(), 0
     result_df = None
-    ok_uris = spark.createDataFrame([], "uri string")
+    ok_uris = spark.createDataFrame([], URI_SCHEMA)
     if n_work:
         n_still = work.where(F.col("kind") != "video").count()
         num_tasks = min(n_work, max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + n_work - n_still))
@@ -311,10 +316,12 @@ def _featurize_and_write(
             timings["featurize_s"] = time.perf_counter() - t1
             if task_errors:
                 errors_df = errors_df.unionByName(result_df.where(~ok).select("uri", "stage", "error_type", "message", "camera_id", "date", F.lit(run_id).alias("run_id")))
+        # Nothing featurized, changed or pruned: no stored rows go, and no Spark job is needed to say so.
+        drops = result_df is not None or diff.counts["changed"] or diff.counts["pruned"]
         drop_uris, replaced = diff.drop(ok_uris)
         drop_uris = drop_uris.persist(StorageLevel.MEMORY_AND_DISK)  # decided before the store changes
-        outcome.replaced = replaced.count()
-        outcome.partitions = sorted(set(outcome.partition_counts) | set(diff.partitions_of(drop_uris)))
+        outcome.replaced = replaced.count() if drops else 0
+        outcome.partitions = sorted(set(outcome.partition_counts) | set(diff.partitions_of(drop_uris) if drops else ()))
         t2 = time.perf_counter()
         if outcome.partitions:
             if on_partitions is not None:

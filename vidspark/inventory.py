@@ -8,7 +8,8 @@ DataFrame (:mod:`vidspark.listing`); so is everything here: the driver holds cou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -95,20 +96,44 @@ class Inventory:
     errors: DataFrame  # uri, stage, error_type, message
     selected_flag: DataFrame  # every parsed row that fits, with its ``_selected`` flag
 
+    def count_aggregates(self) -> dict[str, DataFrame]:
+        """The single-row aggregations behind :meth:`counts`, to run in one Spark job with others (:func:`collect_counts`)."""
+        return {
+            "inventory": self.selected_flag.agg(
+                F.count(F.lit(1)).alias("fits"),
+                F.sum(F.col("_selected").cast("long")).alias("selected"),
+                F.sum((F.col("_selected") & (F.col("kind") == "video")).cast("long")).alias("videos"),
+            ),
+            "layout_errors": self.parsed.where(F.col("error").isNotNull()).agg(F.count(F.lit(1)).alias("n")),
+        }
+
+    @staticmethod
+    def counts_from(found: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+        """:meth:`counts` from what :func:`collect_counts` found for :meth:`count_aggregates`."""
+        fits, selected, errors = found["inventory"]["fits"], found["inventory"]["selected"], found["layout_errors"]["n"]
+        return {"listed": fits + errors, "layout_errors": errors, "selected": selected, "unselected": fits - selected, "videos": found["inventory"]["videos"]}
+
     def counts(self) -> dict[str, int]:
-        """``listed``, ``layout_errors``, ``selected``, ``unselected``, ``videos`` (selected video objects)."""
-        row = self.selected_flag.agg(
-            F.count(F.lit(1)).alias("fits"),
-            F.sum(F.col("_selected").cast("long")).alias("selected"),
-            F.sum((F.col("_selected") & (F.col("kind") == "video")).cast("long")).alias("videos"),
-        ).collect()[0]
-        errors = self.parsed.where(F.col("error").isNotNull()).count()
-        fits, selected = int(row["fits"] or 0), int(row["selected"] or 0)
-        return {"listed": fits + errors, "layout_errors": errors, "selected": selected, "unselected": fits - selected, "videos": int(row["videos"] or 0)}
+        """``listed``, ``layout_errors``, ``selected``, ``unselected``, ``videos`` (selected video objects), in one Spark job."""
+        return self.counts_from(collect_counts(self.count_aggregates()))
 
     def unpersist(self) -> None:
         self.selected_flag.unpersist()
         self.parsed.unpersist()
+
+
+def collect_counts(aggregates: Mapping[str, DataFrame]) -> dict[str, dict[str, int]]:
+    """Single-row aggregations (of whole numbers) collected in one Spark job: name -> column -> value (null as 0).
+
+    Each action of a small job costs its own scheduling, and on a fresh JVM its own planning and
+    code generation; the counts a stage reports are collected together instead.
+    """
+    parts = [
+        df.select(F.lit(name).alias("_name"), F.map_from_arrays(F.array(*[F.lit(c) for c in df.columns]), F.array(*[F.col(c).cast("long") for c in df.columns])).alias("_counts"))
+        for name, df in aggregates.items()
+    ]
+    found = {r["_name"]: {k: int(v or 0) for k, v in r["_counts"].items()} for r in functools.reduce(DataFrame.union, parts).collect()}
+    return {name: found.get(name, {c: 0 for c in df.columns}) for name, df in aggregates.items()}
 
 
 def make_parse_fn(layout: Layout) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -174,30 +199,39 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     # Times cross the Python worker as microseconds since the epoch: instants, whatever the session time zone.
     listed = listing_df.select("uri", "key", "etag", "size", F.unix_micros("last_modified").alias("lm_us"))
     parsed = listed.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA)
-    parsed = parsed.withColumn("last_modified", F.expr("timestamp_micros(lm_us)")).withColumn("key_ts", F.expr("timestamp_micros(key_us)")).drop("lm_us", "key_us")
+    # (withColumns, one projection per step: every DataFrame is analysed when made, slowly in a JVM that has just started)
+    parsed = parsed.withColumns({"last_modified": F.expr("timestamp_micros(lm_us)"), "key_ts": F.expr("timestamp_micros(key_us)")}).drop("lm_us", "key_us")
     parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     errors = parsed.where(F.col("error").isNotNull()).select("uri", F.lit("layout").alias("stage"), F.lit("LayoutMismatch").alias("error_type"), F.col("error").alias("message"))
     # A key with {date} and no {ts}: its last-modified time if that falls on the camera-local day, else the day's start.
     lm = F.unix_micros(F.col("last_modified"))
     on_day = (lm >= F.col("day_start_us")) & (lm < F.col("day_end_us"))
     dated = F.when(F.col("key_day").isNotNull() & ~F.coalesce(on_day, F.lit(False)), F.expr("timestamp_micros(day_start_us)"))
-    rows = parsed.where(F.col("error").isNull()).withColumn("frame_ts", F.coalesce("key_ts", dated, "last_modified"))
     stills = F.col("kind") == "image"  # extension-less objects may be videos: never grouped or ranked as stills
-    rows = rows.withColumn("_folder", stills & F.col("video_id").isNotNull() & F.col("key_ts").isNull())  # frame folders whose keys carry no time
+    folder = stills & F.col("video_id").isNotNull() & F.col("key_ts").isNull()  # frame folders whose keys carry no time
+    rows = parsed.where(F.col("error").isNull()).withColumns({"frame_ts": F.coalesce("key_ts", dated, "last_modified"), "_folder": folder})
     if gap_seconds is not None:
         rows = assign_event_ids(rows, gap_seconds=gap_seconds)
     video = ["camera_id", "video_id", "scope"]
     order = [F.col("frame_ts"), F.col("nk"), F.col("key")] if gap_seconds is not None else [F.col("nk"), F.col("key")]
     ranked = stills & F.col("video_id").isNotNull() & F.col("frame_idx").isNull()
-    rank = F.row_number().over(Window.partitionBy(*video, "_ranked").orderBy(*order)) - 1
-    rows = rows.withColumn("_ranked", ranked).withColumn("frame_idx", F.when(F.col("_ranked"), rank).otherwise(F.coalesce("frame_idx", F.lit(0))).cast("long"))
-    folder_ts = F.min("frame_ts").over(Window.partitionBy(*video, "_folder"))
-    rows = rows.withColumn("frame_ts", F.when(F.col("_folder"), folder_ts).otherwise(F.col("frame_ts")))
+    # Both windows partition by the video alone, so one shuffle serves them: ranked rows sort first, so their
+    # numbers are their ranks among the video's ranked rows; a folder's time is the minimum over its folder rows.
+    by_video = Window.partitionBy(*video)
+    # (one projection: each expression reads the columns as they were before it, frame_ts included)
+    rank = F.row_number().over(by_video.orderBy(ranked.desc(), *order)) - 1
+    folder_ts = F.min(F.when(F.col("_folder"), F.col("frame_ts"))).over(by_video)
+    rows = rows.withColumns(
+        {
+            "_ranked": ranked,
+            "frame_idx": F.when(ranked, rank).otherwise(F.coalesce("frame_idx", F.lit(0))).cast("long"),
+            "frame_ts": F.when(F.col("_folder"), folder_ts).otherwise(F.col("frame_ts")),
+        }
+    )
     rows = rows.transform(with_local_date, layout.zones)
     flagged = rows.withColumn("_selected", selection.column() if selection is not None else F.lit(True)).persist(StorageLevel.MEMORY_AND_DISK)
-    work = flagged.where(F.col("_selected"))
-    for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no"):
-        work = work.withColumn(col, F.lit(None).cast("long"))
+    segment = {col: F.lit(None).cast("long") for col in ("seg_start", "seg_end", "first_idx", "prev_pts", "last_idx", "seg_no")}
+    work = flagged.where(F.col("_selected")).withColumns(segment)
     return Inventory(parsed, work.select(*_WORK_COLUMNS), errors, flagged)
 
 

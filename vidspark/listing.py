@@ -405,15 +405,15 @@ def _frame(infos: list[ObjectInfo]) -> pd.DataFrame:
     )
 
 
-def make_list_fn(location: Location, sconf: StorageConf) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The executor task: list each prefix of its partition, in batches of at most 10 000 objects."""
+def make_list_fn(location: Location, sconf: StorageConf, prefixes: list[str]) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The executor task: list the prefixes whose positions in ``prefixes`` its partition holds (column ``id``), in batches of at most 10 000 objects."""
 
     def list_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         client = cached_s3_client(sconf) if location.scheme == "s3" else None
         for batch in batches:
-            for rel in batch["prefix"]:
+            for i in batch["id"]:
                 infos: list[ObjectInfo] = []
-                for info in list_prefix(location, rel, client):
+                for info in list_prefix(location, prefixes[int(i)], client):
                     infos.append(info)
                     if len(infos) >= _BATCH:
                         yield _frame(infos)
@@ -428,8 +428,9 @@ def listing_frame(spark: SparkSession, location: Location, resolved: Resolved, s
     """The listing as a DataFrame (``LISTING_SCHEMA``): the resolved prefixes listed on the executors, ``parallelism`` at most at once."""
     prefixes = resolved.prefixes
     n = max(1, min(len(prefixes), parallelism))
-    rdd = spark.sparkContext.parallelize([(p,) for p in prefixes], n)
-    listed = spark.createDataFrame(rdd, "prefix string").mapInPandas(make_list_fn(location, sconf), schema=LISTING_SCHEMA)
+    # Positions of the prefixes as n partitions of a range (the prefixes travel with the task's function): no Python RDD,
+    # whose conversion would start Python workers of its own before the listing's, and no shuffle.
+    listed = spark.range(0, len(prefixes), 1, n).mapInPandas(make_list_fn(location, sconf, prefixes), schema=LISTING_SCHEMA)
     if resolved.direct:
         listed = listed.unionByName(spark.createDataFrame(_frame(resolved.direct), schema=LISTING_SCHEMA))
     return listed

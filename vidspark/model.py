@@ -334,16 +334,34 @@ def _parse_meta(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _checked(model_str: str, meta: dict[str, Any], where: str) -> TrainedModel:
+    """The model, once its text matches the checksum and its header the metadata.
+
+    The booster itself is parsed where it predicts (each Python worker, once): the driver reads the
+    header alone, so a job that predicts nothing (a night with nothing new) never imports LightGBM.
+    """
     if sha256_text(model_str) != meta["model_txt_sha256"]:
         raise ModelError(f"{where!r} does not match the checksum in model.json (truncated or replaced); train again")
     model = TrainedModel(model_str=model_str, meta=meta)
-    try:
-        booster = model.booster()
-    except Exception as exc:  # lightgbm raises LightGBMError, a plain Exception subclass
-        raise ModelError(f"LightGBM cannot read {where!r}: {exc}") from exc
-    if booster.num_feature() != model.feature_dim:
-        raise ModelError(f"{where!r} expects {booster.num_feature()} features but model.json says {model.feature_dim}")
+    n_features = booster_feature_count(model_str)
+    if n_features is None:
+        raise ModelError(f"LightGBM cannot read {where!r}: not a LightGBM text model (no 'tree' header with max_feature_idx)")
+    if n_features != model.feature_dim:
+        raise ModelError(f"{where!r} expects {n_features} features but model.json says {model.feature_dim}")
     return model
+
+
+def booster_feature_count(model_str: str) -> int | None:
+    """The number of features a LightGBM text model takes (its header's ``max_feature_idx`` + 1), or None when it has no such header."""
+    head = model_str[:4096].splitlines()
+    if not head or head[0].strip() != "tree":
+        return None
+    for line in head[1:]:
+        if line.startswith("max_feature_idx="):
+            try:
+                return int(line.split("=", 1)[1]) + 1
+            except ValueError:
+                return None
+    return None
 
 
 def check_compatible(model: TrainedModel, *, featurizers: list[str], feature_dim: int | None) -> None:

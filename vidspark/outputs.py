@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -70,9 +71,13 @@ def append_partitioned(df: DataFrame, path: str, *, max_rows_per_file: int, part
     _clustered_writer(df, "append", partition_by, max_rows_per_file).parquet(path)
 
 
-def _clustered_writer(df: DataFrame, mode: str, partition_by: tuple[str, ...], max_rows_per_file: int | None) -> Any:
-    """The writer of a partitioned vidspark table: :func:`clustered` rows, files of at most ``max_rows_per_file`` rows."""
-    writer = parquet_writer(clustered(df, partition_by), mode)
+def _clustered_writer(df: DataFrame, mode: str, partition_by: tuple[str, ...], max_rows_per_file: int | None, before_write: Callable[[DataFrame], DataFrame] | None = None) -> Any:
+    """The writer of a partitioned vidspark table: :func:`clustered` rows, files of at most ``max_rows_per_file`` rows.
+
+    ``before_write``: applied to the clustered rows last (``DataFrame.observe`` there counts each written row once, in the write's own job).
+    """
+    rows = clustered(df, partition_by)
+    writer = parquet_writer(before_write(rows) if before_write is not None else rows, mode)
     if max_rows_per_file is not None:
         writer = writer.option("maxRecordsPerFile", max_rows_per_file)
     return writer.partitionBy(*partition_by)
@@ -260,6 +265,7 @@ def replace_partitions(
     partition_by: tuple[str, ...] = PARTITION_COLUMNS,
     scope: list[str] | None = None,
     max_rows_per_file: int | None = None,
+    before_write: Callable[[DataFrame], DataFrame] | None = None,
     _fail_after: int | None = None,
 ) -> list[str]:
     """Replace the partitions present in ``df`` in ``table``, crash-safely; partitions of ``scope`` absent from ``df`` are emptied.
@@ -267,7 +273,9 @@ def replace_partitions(
     ``df`` may read from ``table`` itself (a merge of old and new rows): it is written to staging
     first. ``scope`` lists partitions (``partition_path`` form) this write is responsible for.
     Each partition is written by one task, rows sorted by :data:`CLUSTER_ORDER`, in files of at most
-    ``max_rows_per_file`` rows. Returns the partitions written, as ``camera_id=.../date=...`` paths.
+    ``max_rows_per_file`` rows. ``before_write`` is applied to those rows just before they are
+    written (an ``observe`` that counts what is written, without a Spark job of its own; it may drop
+    helper columns). Returns the partitions written, as ``camera_id=.../date=...`` paths.
     """
     recover_table(spark, table)
     fs, jvm = _fs(spark, table)
@@ -275,7 +283,7 @@ def replace_partitions(
     run_dir = join(staging_root(table), run_id)
     if fs.exists(HPath(run_dir)):
         fs.delete(HPath(run_dir), True)
-    _clustered_writer(df, "overwrite", partition_by, max_rows_per_file).parquet(join(run_dir, "data"))
+    _clustered_writer(df, "overwrite", partition_by, max_rows_per_file, before_write).parquet(join(run_dir, "data"))
     partitions = _partition_dirs(fs, jvm, join(run_dir, "data"), len(partition_by))
     if scope is not None and not set(partitions) <= set(scope):
         fs.delete(HPath(run_dir), True)

@@ -19,8 +19,6 @@ from vidspark.inventory import Selection
 from vidspark.model import check_compatible, load_model_dir
 from vidspark.outputs import delete_path, join, list_names, read_text, write_json
 from vidspark.predict import predict
-from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera
-from vidspark.train import train
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +150,11 @@ def run(
     return RunSummary(featurize_summary, predict_summary, [{"camera_id": c, "date": d} for c, d in sorted(pending)])
 
 
-def make_demo_archive(root: Path, *, classes: tuple[str, ...] = CLASSES, per_class: int = 40, seed: int = 0) -> dict[str, Any]:
-    """Write the demo archive: a labeled set, two cameras of frame folders, and two broken objects."""
+def make_demo_archive(root: Path, *, classes: tuple[str, ...] | None = None, per_class: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Write the demo archive: a labeled set, two cameras of frame folders, and two broken objects (``classes``: default :data:`vidspark.synthetic.CLASSES`)."""
+    from vidspark.synthetic import CLASSES, LocalSink, write_camera_archive, write_labeled_set, write_video_camera  # the demo's alone: Pillow, PyAV
+
+    classes = classes or CLASSES
     labeled, cameras = root / "labeled", root / "cameras"
     for p in (labeled, cameras):
         if p.exists():
@@ -174,6 +175,8 @@ def make_demo_archive(root: Path, *, classes: tuple[str, ...] = CLASSES, per_cla
 
 def demo(spark: SparkSession, *, workdir: str, conf: Conf, run_id: str) -> DemoSummary:
     """Generate a synthetic archive in ``workdir`` and run featurize -> train -> run on it."""
+    from vidspark.train import train
+
     root = Path(workdir).resolve()
     archive = make_demo_archive(root / "archive")
     out = root / "output"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import threading
 import time
 from datetime import date
@@ -17,13 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from vidspark.backbone import task_cpus
 from vidspark.config import Conf
-from vidspark.errors import ConfigError, StorageError
+from vidspark.errors import ConfigError, ModelError, StorageError
 from vidspark.model import TrainedModel, check_compatible, load_model_dir, predict_proba
 from vidspark.outputs import join, partition_path, read_table, recover_table, replace_partitions, table_exists
 from vidspark.progress import Progress, group_task_counts, job_group
@@ -60,44 +61,88 @@ def label_switches(labels: np.ndarray) -> int:
     return int((labels[1:] != labels[:-1]).sum()) if len(labels) > 1 else 0
 
 
-def _booster_for(model_str: str) -> Any:
-    import lightgbm as lgb
+def import_lightgbm() -> Any:
+    """``lightgbm``, imported without scikit-learn where nothing imported it yet (a Python worker that only predicts).
 
-    key = hashlib.sha256(model_str.encode("utf-8")).hexdigest()
+    LightGBM imports scikit-learn (and through it SciPy's statistics) when it is installed, only for its
+    scikit-learn estimators: 2 of the 2.5 s its import takes in a fresh worker. ``Booster`` does not use
+    them. A ``None`` entry in ``sys.modules`` is how Python marks a module as unavailable; it is removed
+    again at once, so a later ``import sklearn`` in the same process works as usual.
+    """
+    if "lightgbm" in sys.modules or "sklearn" in sys.modules:
+        import lightgbm
+
+        return lightgbm
     with _LOCK:
-        booster = _BOOSTERS.get(key)
-        if booster is None:
-            booster = _BOOSTERS[key] = lgb.Booster(model_str=model_str)
-        return booster
+        sys.modules["sklearn"] = None  # type: ignore[assignment]
+        try:
+            import lightgbm
+        finally:
+            if sys.modules.get("sklearn", 0) is None:
+                del sys.modules["sklearn"]
+    return lightgbm
 
 
-def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int, feature_dim: int, frames_done: Any | None = None) -> DataFrame:
+def _booster_for(model_str: str) -> Any:
+    key = hashlib.sha256(model_str.encode("utf-8")).hexdigest()
+    booster = _BOOSTERS.get(key)
+    if booster is None:
+        lgb = import_lightgbm()
+        with _LOCK:
+            booster = _BOOSTERS.get(key)
+            if booster is None:
+                try:
+                    booster = _BOOSTERS[key] = lgb.Booster(model_str=model_str)
+                except Exception as exc:  # LightGBMError: a model this worker's LightGBM cannot parse
+                    raise ModelError(f"LightGBM {lgb.__version__} on this executor cannot read the model: {exc}") from exc
+    return booster
+
+
+def with_probabilities(features_df: DataFrame, model_bc: Any, *, n_classes: int, feature_dim: int, frames_done: Any | None = None, model: TrainedModel | None = None) -> DataFrame:
     """Add ``probabilities`` (per-class, model class order) with a pandas UDF over Arrow batches.
 
     ``model_bc`` is a broadcast of the LightGBM model text; each Python worker parses it once.
     ``frames_done``: an accumulator of the frames predicted (the progress line reads it).
+    ``model``: check each batch's ``featurizer`` column and feature dimension against it
+    (:func:`~vidspark.model.check_compatible`, a :class:`~vidspark.errors.ModelError` that ends the job
+    before anything is swapped in), so no Spark job of its own reads the features first.
     """
+    check = TrainedModel(model_str="", meta=dict(model.meta)) if model is not None else None  # the metadata alone travels
 
-    @F.pandas_udf(T.ArrayType(T.DoubleType(), False))  # type: ignore[call-overload]
-    def proba_udf(features: pd.Series) -> pd.Series:
+    def proba(features: pd.Series, featurizers: pd.Series | None) -> pd.Series:
         if len(features) == 0:
             return pd.Series([], dtype=object)
         X = np.stack(features.to_numpy()).astype(np.float32, copy=False)
-        if X.shape[1] != feature_dim:
-            raise ValueError(f"features have {X.shape[1]} values per frame, the model expects {feature_dim}")
+        if check is not None and featurizers is not None:
+            check_compatible(check, featurizers=list(set(featurizers)), feature_dim=X.shape[1])
+        elif X.shape[1] != feature_dim:
+            raise ModelError(f"the model expects {feature_dim} features per frame but these features have {X.shape[1]}")
         proba = predict_proba(_booster_for(model_bc.value), X, n_classes, num_threads=task_cpus() or 1)
         if frames_done is not None:
             frames_done.add(len(X))
         return pd.Series(list(proba))
 
-    return features_df.withColumn("probabilities", proba_udf(F.col("features")))
+    if check is None:
+
+        @F.pandas_udf(T.ArrayType(T.DoubleType(), False))  # type: ignore[call-overload]
+        def proba_udf(features: pd.Series) -> pd.Series:
+            return proba(features, None)
+
+        return features_df.withColumn("probabilities", proba_udf(F.col("features")))
+
+    @F.pandas_udf(T.ArrayType(T.DoubleType(), False))  # type: ignore[call-overload]
+    def checked_proba_udf(features: pd.Series, featurizers: pd.Series) -> pd.Series:
+        return proba(features, featurizers)
+
+    return features_df.withColumn("probabilities", checked_proba_udf(F.col("features"), F.col("featurizer")))
 
 
-def _label_columns(df: DataFrame, classes: list[str], prob_col: str, label_col: str, value_col: str) -> DataFrame:
+def _label_columns(prob: Column, classes: list[str], label_col: str, value_col: str) -> dict[str, Column]:
+    """The best class of a probability array and its probability, as columns for ``withColumns``."""
     classes_arr = F.array(*[F.lit(c) for c in classes])
-    best = F.array_max(F.col(prob_col))
+    best = F.array_max(prob)
     # array_position is 1-based and returns the first maximum, as numpy's argmax does (called by name: PySpark 3.5's takes only a literal).
-    return df.withColumn(value_col, best).withColumn(label_col, F.element_at(classes_arr, F.call_function("array_position", F.col(prob_col), best).cast("int")))
+    return {value_col: best, label_col: F.element_at(classes_arr, F.call_function("array_position", prob, best).cast("int"))}
 
 
 def make_smoother(classes: list[str], window: int) -> Any:
@@ -132,10 +177,9 @@ def with_smoothing(frames_df: DataFrame, *, classes: list[str], window: int) -> 
     videos = df.where(F.col("video_id").isNotNull())
     singles = df.where(F.col("video_id").isNull())
     smoothed_videos = videos.groupBy("camera_id", "video_id").applyInPandas(make_smoother(classes, window), schema=FRAME_ROWS)
-    singles = _label_columns(singles, classes, "probabilities", "predicted_label", "predicted_prob")
-    singles = singles.withColumn("smoothed_probabilities", F.col("probabilities"))
-    singles = _label_columns(singles, classes, "smoothed_probabilities", "smoothed_label", "smoothed_prob")
-    return smoothed_videos.unionByName(singles.select(*FRAME_ROWS.fieldNames()))
+    raw = F.col("probabilities")  # a single image's smoothed probabilities are its raw ones
+    labels = {**_label_columns(raw, classes, "predicted_label", "predicted_prob"), "smoothed_probabilities": raw, **_label_columns(raw, classes, "smoothed_label", "smoothed_prob")}
+    return smoothed_videos.unionByName(singles.withColumns(labels).select(*FRAME_ROWS.fieldNames()))
 
 
 def with_class_maps(df: DataFrame, *, classes: list[str], schema: T.StructType) -> DataFrame:
@@ -182,18 +226,21 @@ def video_summaries(frames_df: DataFrame, *, classes: list[str]) -> DataFrame:
 
 
 def predict_frames(spark: SparkSession, features_df: DataFrame, model: TrainedModel, *, window: int, run_id: str, frames_done: Any | None = None) -> DataFrame:
-    """Features -> smoothed frame predictions (``FRAME_ROWS``: arrays in the model's class order), after checking the model fits.
+    """Features -> smoothed frame predictions (``FRAME_ROWS``: arrays in the model's class order).
 
-    Every row carries the model id (SHA-256 of its ``model.txt``) and ``run_id``.
+    Every row carries the model id (SHA-256 of its ``model.txt``) and ``run_id``. Features of another
+    featurizer or dimension than the model's fail the job with a :class:`~vidspark.errors.ModelError`.
     """
-    featurizers = [r[0] for r in features_df.select("featurizer").distinct().collect()]
-    first = features_df.select(F.size("features").alias("n")).first()
-    check_compatible(model, featurizers=featurizers, feature_dim=int(first["n"]) if first else None)
     model_bc = spark.sparkContext.broadcast(model.model_str)
     with_proba = with_probabilities(
-        features_df.select(*_IDENTITY, *(f.name for f in SOURCE_FIELDS), "features"), model_bc, n_classes=len(model.classes), feature_dim=model.feature_dim, frames_done=frames_done
+        features_df.select(*_IDENTITY, *(f.name for f in SOURCE_FIELDS), "features", "featurizer"),
+        model_bc,
+        n_classes=len(model.classes),
+        feature_dim=model.feature_dim,
+        frames_done=frames_done,
+        model=model,  # featurizer and dimension checked in the UDF: no Spark job reads the features before the one that predicts
     )
-    with_proba = with_proba.drop("features").withColumn("model_id", F.lit(model.model_id)).withColumn("run_id", F.lit(run_id))
+    with_proba = with_proba.drop("features", "featurizer").withColumns({"model_id": F.lit(model.model_id), "run_id": F.lit(run_id)})
     return with_smoothing(with_proba, classes=model.classes, window=window)
 
 
@@ -207,8 +254,11 @@ def _check_written_by_this_version(spark: SparkSession, table: str) -> None:
         )
 
 
+_PARTS_SCHEMA = T.StructType([T.StructField("camera_id", T.StringType()), T.StructField("date", T.DateType())])
+
+
 def _parts_df(spark: SparkSession, partitions: list[tuple[str, str]]) -> DataFrame:
-    return spark.createDataFrame([(c, date.fromisoformat(d)) for c, d in partitions], schema="camera_id string, date date")
+    return spark.createDataFrame([(c, date.fromisoformat(d)) for c, d in partitions], schema=_PARTS_SCHEMA)
 
 
 def touched_videos(features_df: DataFrame, parts_df: DataFrame, extra_videos: DataFrame | None = None) -> DataFrame:
@@ -312,10 +362,14 @@ def _predict(
     try:
         frames_write = frames_df.join(F.broadcast(parts_df), ["camera_id", "date"], "left_semi") if parts_df is not None else frames_df
         scope = [partition_path(c, d) for c, d in partitions] if partitions is not None else None
-        replace_partitions(spark, with_class_maps(frames_write, classes=model.classes, schema=FRAME_PREDICTIONS_SCHEMA), frames_out, run_id=run_id, scope=scope)
+        # The counts of the summary are observed in the writes themselves: no Spark job of their own.
+        frames_seen = Observation()
+        frames_rows = with_class_maps(frames_write, classes=model.classes, schema=FRAME_PREDICTIONS_SCHEMA)
+        replace_partitions(spark, frames_rows, frames_out, run_id=run_id, scope=scope, before_write=lambda df: df.observe(frames_seen, F.count(F.lit(1)).alias("frames")))
         videos_df = video_summaries(frames_df, classes=model.classes).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            videos_write, video_scope = with_class_maps(videos_df, classes=model.classes, schema=VIDEO_PREDICTIONS_SCHEMA), None
+            # _new: the rows recomputed now (the stats count them), not the rows kept from earlier runs
+            videos_write, video_scope = with_class_maps(videos_df, classes=model.classes, schema=VIDEO_PREDICTIONS_SCHEMA).withColumn("_new", F.lit(True)), None
             if parts_df is not None and touched is not None:
                 starts = {(r["camera_id"], r["date"].isoformat()) for r in videos_df.select("camera_id", "date").distinct().collect()}
                 if old_videos is not None:  # where the touched videos' rows were: they move or go
@@ -325,10 +379,13 @@ def _predict(
                 video_scope = [partition_path(c, d) for c, d in video_parts]
                 if old_videos is not None:
                     keep = old_videos.join(F.broadcast(_parts_df(spark, video_parts)), ["camera_id", "date"], "left_semi").join(touched, ["camera_id", "video_id"], "left_anti")
-                    videos_write = videos_write.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()))
-            replace_partitions(spark, videos_write.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames()), videos_out, run_id=run_id, scope=video_scope)
-            stats = videos_df.agg(F.count("*").alias("videos"), F.sum("raw_label_switches").alias("raw"), F.sum("smoothed_label_switches").alias("smoothed")).first()
-            n_frames = frames_write.count()
+                    videos_write = videos_write.unionByName(keep.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames(), F.lit(False).alias("_new")))
+            videos_seen = Observation()
+            new = F.col("_new")
+            counted = [F.sum(new.cast("long")).alias("videos"), F.sum(F.when(new, F.col("raw_label_switches"))).alias("raw"), F.sum(F.when(new, F.col("smoothed_label_switches"))).alias("smoothed")]
+            observe_videos = lambda df: df.observe(videos_seen, *counted).drop("_new")  # noqa: E731
+            replace_partitions(spark, videos_write.select(*VIDEO_PREDICTIONS_SCHEMA.fieldNames(), "_new"), videos_out, run_id=run_id, scope=video_scope, before_write=observe_videos)
+            stats, n_frames = videos_seen.get, int(frames_seen.get.get("frames") or 0)
         finally:
             videos_df.unpersist()
     finally:
