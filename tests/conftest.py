@@ -30,6 +30,37 @@ for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`): each worker has its own Spark
+# session and S3 server, and takes whole test files, so module fixtures are built once. The files that share the
+# demo run go to one worker together (the scheduler below); the longest files are handed out first, so neither
+# worker ends alone. (xdist's own `loadgroup` cannot be used: it renames node ids, which pytest 9 ignores.)
+DEMO_FILES = ("test_ddl.py", "test_e2e.py", "test_report.py")
+LONG_FIRST = ("test_listing.py", "test_operability.py", "test_adaptive.py", "test_video_featurize.py", "test_skip_static.py", "test_small_jobs.py")
+
+
+def _file_group(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "demo" if path.rsplit("/", 1)[-1] in DEMO_FILES else path
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(("demo", *LONG_FIRST))}
+    items.sort(key=lambda item: rank.get(_file_group(item.nodeid).rsplit("/", 1)[-1], len(rank)))  # stable: order within a file is kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadfile``: whole files to a worker, the demo run's files as one."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndDemo(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _file_group(nodeid)
+
+    return FilesAndDemo(config, log)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -74,6 +105,10 @@ def spark(s3_endpoint):
     A task may be tried twice (``local[2,2]``), as a cluster retries one (``spark.task.maxFailures``):
     a Python worker once died without a trace in a long run of tests, and a deterministic failure
     still fails both tries. The faulthandler makes such a death print its Python stack.
+
+    The driver JVM compiles with C1 only (``-XX:TieredStopAtLevel=1``): the tests run hundreds of
+    tiny jobs, where C2's optimising compiles cost more CPU than they save (about a third of the
+    JVM's CPU on 2 cores); what the jobs compute does not change.
     """
     from pyspark.sql import SparkSession
 
@@ -88,6 +123,7 @@ def spark(s3_endpoint):
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
         .config("spark.driver.memory", "3g")
+        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
@@ -95,10 +131,15 @@ def spark(s3_endpoint):
     session.stop()
 
 
+# The featurizer conf of every test that featurizes on the shared session: seeded random weights, small batches, 32-pixel
+# frames. One conf, so that a Python worker builds one model for all of them (the cache is per worker and conf).
+TEST_FEATURIZER = ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=16", "--set", "featurizer.image_size=32"]
+
+
 @pytest.fixture()
 def test_conf_args():
-    """--set arguments every Spark test uses: seeded random weights, small batches."""
-    return ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=16", "--set", "train.num_boost_round=60"]
+    """--set arguments every Spark test uses: TEST_FEATURIZER and a short training."""
+    return [*TEST_FEATURIZER, "--set", "train.num_boost_round=60"]
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +153,6 @@ def demo_run(spark, tmp_path_factory):
     work = tmp_path_factory.mktemp("demo")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["demo", "--workdir", str(work), "--set", "featurizer.image_size=32", "--set", "train.num_boost_round=30"], spark=spark)
+        code = main(["demo", "--workdir", str(work), *TEST_FEATURIZER, "--set", "train.num_boost_round=30"], spark=spark)
     assert code == 0, printed.getvalue()
     return work, printed.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -69,8 +70,10 @@ def test_batch_size_is_measured_once_then_read_from_the_cache(tmp_path):
     second = Featurizer(conf)
     assert second.calibration["source"] == "cached" and second.batch_size == first.batch_size
     assert second.calibrate_s < first.calibrate_s
-    # Another precision is another entry: a calibration holds only for what it measured.
-    assert Featurizer(FeaturizerConf(weights="random", image_size=32, precision="bfloat16", threads=1, cache_dir=str(tmp_path))).calibration["source"] == "measured"
+    # Another precision or input size is another entry: a calibration holds only for what it measured.
+    first.precision = "bfloat16"
+    assert first.hardware_key(cpu_info()) != key and first._calibrated(cpu_info())["source"] == "measured"
+    first.precision = "float32"
     assert len(json.loads((tmp_path / CALIBRATION_FILE).read_text())) == 2
     x = np.random.default_rng(0).integers(0, 256, (first.batch_size + 3, 32, 32, 3), dtype=np.uint8)
     assert first(x).shape == (first.batch_size + 3, backbone.FEATURE_DIM)
@@ -123,3 +126,12 @@ def test_decode_mode_auto_alternates_unless_the_model_leaves_cores_free(monkeypa
     assert decode_alternates(FeaturizerConf(threads=3)) is False  # one core left for decoding
     assert decode_alternates(FeaturizerConf(threads=3, decode_mode="alternate")) is True
     assert decode_alternates(FeaturizerConf(decode_mode="overlap")) is False
+
+
+def test_a_cached_model_serves_every_fetch_decode_and_skip_setting():
+    """Keys that do not change the model do not key the worker's model cache; those that do, do."""
+    base = FeaturizerConf(weights="random", image_size=32)
+    same = dataclasses.replace(base, fetch_threads=9, decode_mode="overlap", skip_static=0.03, warm_up=False, decode_timeout_s=5.0, max_image_pixels=10)
+    assert backbone.model_conf(same) == backbone.model_conf(base)
+    for changed in ({"image_size": 64}, {"seed": 1}, {"precision": "float32"}, {"batch_size": 8}, {"threads": 1}, {"xla": True}, {"weights": "imagenet"}):
+        assert backbone.model_conf(dataclasses.replace(base, **changed)) != backbone.model_conf(base), changed

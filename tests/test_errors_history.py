@@ -29,7 +29,7 @@ def make_input(root: Path) -> None:
 
 def featurize(spark, inp: Path, out: Path, run_id: str, test_conf_args: list[str]) -> int:
     args = ["featurize", "--input", str(inp), "--output", str(out / "features"), "--layout", "{camera_id}/{ts}", "--run-id", run_id]
-    args += [*test_conf_args, "--set", "job.max_error_fraction=1", "--set", "input.timezone=Europe/Berlin", "--set", "featurizer.image_size=32"]
+    args += [*test_conf_args, "--set", "job.max_error_fraction=1", "--set", "input.timezone=Europe/Berlin"]
     return main(args, spark=spark)
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.helpers import Background
 from vidspark.app import LOCAL_SPARK_DEFAULTS, LOG4J2_FILE, SPARK_DEFAULTS, session_settings, user_log4j_config
 from vidspark.cli import build_parser, main
 from vidspark.config import load_conf, to_dict
@@ -29,6 +30,24 @@ RANDOM = ["--set", "featurizer.weights=random", "--set", "featurizer.image_size=
 
 def _cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([VIDSPARK, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+NO_CONF_TEST = "test_a_job_without_conf_is_quiet_and_records_its_settings"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def job_without_conf(request, tmp_path_factory):
+    """NO_CONF_TEST's `vidspark featurize` (its folder and its process), started with the module: its JVM, Python workers
+    and TensorFlow start while the tests before it run, on the other core. Nothing where that test is not selected."""
+    if not any(item.name == NO_CONF_TEST for item in request.session.items):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("no-conf")
+    write_labeled_set(LocalSink(root / "in"), per_class=12, size=(64, 48))
+    args = ["featurize", "--input", str(root / "in"), "--output", str(root / "features"), "--run-id", "r1", *RANDOM, "--set", "job.progress_seconds=0.2", "--set", "job.rows_per_task=4"]
+    job = Background([VIDSPARK, *args], timeout=300, cwd=ROOT, env=dict(os.environ))
+    yield root, job
+    job.stop()
 
 
 # -- known failures: one line, a documented exit code --------------------------------------------
@@ -158,10 +177,11 @@ def test_the_filter_passes_other_lines_on_as_they_come():
 
 def test_tensorflow_starts_quietly_unless_asked():
     code = "from vidspark.tfquiet import import_tensorflow; import sys; tf = import_tensorflow(); print('user line', file=sys.stderr)"
-    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "VIDSPARK_FRAMEWORK_LOGS": "1"}, timeout=120)
-    quiet = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k not in ("VIDSPARK_FRAMEWORK_LOGS", "TF_CPP_MIN_LOG_LEVEL")}, timeout=120
-    )
+    started = [  # side by side: each is a TensorFlow import
+        Background([sys.executable, "-c", code], env={**os.environ, "VIDSPARK_FRAMEWORK_LOGS": "1"}, timeout=120),
+        Background([sys.executable, "-c", code], env={k: v for k, v in os.environ.items() if k not in ("VIDSPARK_FRAMEWORK_LOGS", "TF_CPP_MIN_LOG_LEVEL")}, timeout=120),
+    ]
+    loud, quiet = (b.result() for b in started)
     assert loud.returncode == quiet.returncode == 0, quiet.stderr
     assert any(drop_noise(line) == "" for line in loud.stderr.splitlines(keepends=True)), loud.stderr  # on this CPU machine TF does print notices
     assert quiet.stderr.strip() == "user line", quiet.stderr
@@ -199,16 +219,16 @@ def test_progress_logs_while_the_block_runs(caplog):
 # -- a job without --conf: defaults, quiet stderr, progress, the run record ------------------------
 
 
-def test_a_job_without_conf_is_quiet_and_records_its_settings(tmp_path):
-    write_labeled_set(LocalSink(tmp_path / "in"), per_class=12, size=(64, 48))
-    out = _cli(["featurize", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "features"), "--run-id", "r1", *RANDOM, "--set", "job.progress_seconds=0.2", "--set", "job.rows_per_task=4"])
+def test_a_job_without_conf_is_quiet_and_records_its_settings(job_without_conf):
+    root, job = job_without_conf
+    out = job.result()
     assert out.returncode == 0, out.stderr[-3000:]
     err = out.stderr
     for noise in ("[Stage", "Setting default log level", "I0000", "E0000", "absl::InitializeLog", "NativeCodeLoader", "oneDNN"):
         assert noise not in err, err
     progress = [ln for ln in err.splitlines() if "vidspark.progress: featurize:" in ln]
     assert progress and all("frames/s" in ln and "ETA" in ln for ln in progress), err
-    record = json.loads((tmp_path / "runs" / "r1.json").read_text())
+    record = json.loads((root / "runs" / "r1.json").read_text())
     assert record["status"] == "ok" and record["exit_code"] == 0
     assert record["spark_settings"]["spark.sql.shuffle.partitions"] == "8"
     assert record["spark_settings"]["spark.ui.showConsoleProgress"] == "false"
@@ -219,6 +239,7 @@ def test_a_job_without_conf_is_quiet_and_records_its_settings(tmp_path):
 
 def test_the_run_record_is_written_at_start(spark, tmp_path, monkeypatch):
     import vidspark.featurize as fz
+    import vidspark.pipeline  # noqa: F401  (imported before the spy: its `from vidspark.featurize import featurize` must not bind the spy for later tests)
 
     seen = {}
 
@@ -292,7 +313,7 @@ def test_dry_runs_of_predict_and_run_write_nothing(spark, tmp_path, capsys, s3_c
     assert s["would_predict_frames"] == 16 and not (tmp_path / "p").exists()
     assert main(["run", "--input", str(tmp_path / "m" / "labeled"), "--model", str(model), "--output", str(tmp_path / "r"), "--dry-run", *RANDOM], spark=spark) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["featurize"]["would_featurize"] == 16 and not (tmp_path / "r").exists()
+    assert s["featurize"].get("would_featurize") == 16 and not (tmp_path / "r").exists(), s
     other = ["--set", "featurizer.weights=random", "--set", "featurizer.seed=7", "--set", "featurizer.image_size=64"]
     assert main(["run", "--input", str(tmp_path / "m" / "labeled"), "--model", str(model), "--output", str(tmp_path / "r"), *other], spark=spark) == 2
     assert "trained on features of 'resnet50/random-seed0@64'" in capsys.readouterr().err

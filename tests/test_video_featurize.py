@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from tests.conftest import TEST_FEATURIZER
 from vidspark.cli import main
 from vidspark.outputs import read_table
 from vidspark.schemas import ERRORS_SCHEMA, FEATURES_SCHEMA
@@ -36,7 +37,7 @@ def archive(tmp_path_factory):
 
 def featurize(spark, archive, out, *sets: str) -> int:
     argv = ["featurize", "--input", str(archive), "--output", str(out / "features"), "--layout", "{camera_id}/{ts}"]
-    argv += ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=8", "--set", "video.every_n_frames=3", "--set", "job.max_error_fraction=0.5"]
+    argv += [*TEST_FEATURIZER, "--set", "video.every_n_frames=3", "--set", "job.max_error_fraction=0.5"]
     for s in sets:
         argv += ["--set", s]
     return main(argv, spark=spark)
@@ -104,7 +105,7 @@ def test_run_record_says_where_featurize_time_went(spark, tmp_path):
         sink.put(f"camA/{START + timedelta(seconds=i):%Y%m%dT%H%M%S}.jpg", jpeg_bytes(scene("car", rng, size=(96, 72), phase=i)))
     out = tmp_path / "out"
     argv = ["featurize", "--input", str(tmp_path / "in"), "--output", str(out / "features"), "--layout", "{camera_id}/{ts}", "--run-id", "r1"]
-    argv += ["--set", "featurizer.weights=random", "--set", "featurizer.batch_size=4", "--set", "featurizer.image_size=64"]
+    argv += TEST_FEATURIZER
     assert main(argv, spark=spark) == 0
     summary = json.loads((out / "runs" / "r1.json").read_text())["summary"]
     tasks = summary["tasks"]

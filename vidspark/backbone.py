@@ -7,6 +7,7 @@ factory, never at module import, so the driver and non-featurizing workers do no
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -442,10 +443,21 @@ class Featurizer:
         return f"batch {self.batch_size} ({self.calibration.get('source')}), {self.precision}, {self.threads} threads, {self.device}"
 
 
+# FeaturizerConf keys that decide nothing in the model (how frames are fetched, decoded and skipped): a worker's
+# cached model serves every value of them, so a job that changes only these builds no model again.
+_NOT_MODEL_KEYS = ("fetch_threads", "max_image_pixels", "decode_timeout_s", "warm_up", "decode_mode", "skip_static")
+
+
+def model_conf(conf: FeaturizerConf) -> FeaturizerConf:
+    """``conf`` with the keys that do not change the model at their defaults: what a cached model is keyed by."""
+    defaults = FeaturizerConf()
+    return dataclasses.replace(conf, **{k: getattr(defaults, k) for k in _NOT_MODEL_KEYS})
+
+
 def model_is_cached(conf: FeaturizerConf, storage: StorageConf | None = None) -> bool:
     """Whether this Python worker already built the featurizer for ``conf`` (and this task's GPU)."""
     with _LOCK:
-        return (os.getpid(), conf, storage, task_gpu()) in _MODELS
+        return (os.getpid(), model_conf(conf), storage, task_gpu()) in _MODELS
 
 
 def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Featurizer:
@@ -454,6 +466,7 @@ def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Fe
     A new one carries ``import_s``, ``build_s`` and ``warm_s`` (TensorFlow import, model build, first call).
     """
     gpu = task_gpu()
+    conf = model_conf(conf)
     key = (os.getpid(), conf, storage, gpu)
     with _LOCK:
         model = _MODELS.get(key)
