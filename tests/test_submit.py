@@ -209,6 +209,22 @@ def test_gpu_combines_with_the_users_conf(checkout):
     assert options(cmd, "--files") == ["conf/cluster.yaml"] and cmd[-2:] == ["--conf", "conf/cluster.yaml"]  # the job reads the user's conf
 
 
+@pytest.mark.parametrize("master", ["yarn", "k8s://https://k8s.example:6443", "spark://10.0.0.5:7077"])
+@pytest.mark.parametrize("user_conf", [None, "conf/cluster.yaml"])
+def test_gpu_conf_works_on_each_cluster_manager(checkout, master, user_conf):
+    """conf/gpu.yaml as written, alone or under the user's conf: one GPU per executor, the vendor Kubernetes needs, the discovery script on the nodes."""
+    args = ["--gpu", "--dry-run", "featurize", "--input", "s3://b/in", "--output", "s3://b/out/features", *(["--conf", user_conf] if user_conf else [])]
+    res = submit(checkout, *args, SPARK_MASTER=master)
+    assert res.returncode == 0, res.stderr
+    cmd = words(res)
+    assert options(cmd, "--master") == [master]
+    confs = spark_confs(cmd)
+    assert confs["spark.executor.resource.gpu.amount"] == ["1"] and confs["spark.executor.resource.gpu.vendor"] == ["nvidia.com"]
+    assert confs["spark.task.resource.gpu.amount"] == ["0.25"] and confs["spark.executor.resource.gpu.discoveryScript"][0].startswith("/")
+    if user_conf:
+        assert confs["spark.executor.cores"] == ["4"] and cmd[-2:] == ["--conf", user_conf]
+
+
 def test_two_submits_at_once_write_nothing(checkout, tmp_path):
     """Two cron jobs at once: same line, and the checkout (dist/ included) unchanged after both."""
     before = snapshot(checkout)

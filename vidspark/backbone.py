@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from vidspark.config import IMAGENET_NOTOP_FILE, IMAGENET_NOTOP_MD5, FeaturizerConf, StorageConf
-from vidspark.errors import ConfigError, ModelError, WeightsUnavailable
+from vidspark.errors import ConfigError, DeviceError, ModelError, WeightsUnavailable
+from vidspark.gpus import Placement, placement
 from vidspark.storage import split_s3_uri
 from vidspark.tfquiet import import_tensorflow
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
 _MODELS: dict[tuple[Any, ...], Any] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # reentrant: a model that fails while being built (under the lock) forgets itself
 
 
 def featurizer_id(conf: FeaturizerConf, storage: StorageConf | None = None, *, s3_client: Any | None = None) -> str:
@@ -232,25 +233,30 @@ def task_gpu() -> str | None:
     return gpu.addresses[0] if gpu is not None and gpu.addresses else None
 
 
-def choose_device(tf: Any, gpu_address: str | None) -> str:
-    """The TensorFlow device for the task's GPU, with memory growth on every visible GPU.
+def choose_device(tf: Any, place: Placement | str | None) -> str:
+    """The TensorFlow device for the task's placement (:mod:`vidspark.gpus`), with memory growth on the GPUs this process sees.
 
-    Spark's addresses are GPU indices as the discovery script lists them (the same order as
-    TensorFlow's with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``). Visibility is not narrowed: a reused Python
-    worker may serve tasks assigned different GPUs of a multi-GPU executor, and the model for each
-    is placed explicitly. Memory growth keeps a process from taking a GPU's memory whole.
-    No GPU assigned: the first GPU if there is one, else the CPU.
+    Narrow mode: the worker sees the assigned GPU alone (``CUDA_VISIBLE_DEVICES``), ``/GPU:0``.
+    Shared mode: ``/GPU:<index>`` among those it sees. No GPU assigned: the first GPU if there is
+    one, else the CPU. Memory growth keeps a process from taking a GPU's memory whole. A GPU
+    address alone (a string) is placed as on an executor of several GPUs.
     """
+    if not isinstance(place, Placement):
+        place = placement(place, executor_gpus=2, inherited=None, uuid_index={}) if place is not None else Placement(None, "none", None, None)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         with contextlib.suppress(RuntimeError):  # already initialised in this process: growth was set then
             tf.config.experimental.set_memory_growth(gpu, True)
-    if gpu_address is None:
+    if place.tf_index is None:
         return "/GPU:0" if gpus else "/CPU:0"
-    index = int(gpu_address)
-    if index >= len(gpus):
-        raise ModelError(f"Spark assigned GPU {gpu_address} but this process sees {len(gpus)} GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
-    return f"/GPU:{index}"
+    if place.tf_index >= len(gpus):
+        if not gpus and os.environ.get("VIDSPARK_GPU_SIMULATE"):  # tests: Spark's GPU scheduling on a machine without one
+            return "/CPU:0"
+        raise ModelError(
+            f"Spark assigned GPU {place.address} ({place.mode} placement, TensorFlow device /GPU:{place.tf_index}) but this process sees {len(gpus)} GPUs "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+        )
+    return f"/GPU:{place.tf_index}"
 
 
 def configure_threads(tf: Any, conf: FeaturizerConf) -> None:
@@ -336,28 +342,42 @@ class Featurizer:
     thread count and TensorFlow version.
     """
 
-    def __init__(self, conf: FeaturizerConf, storage: StorageConf | None = None, *, gpu_address: str | None = None) -> None:
+    def __init__(self, conf: FeaturizerConf, storage: StorageConf | None = None, *, gpu_address: str | None = None, place: Placement | None = None) -> None:
         tf = import_tensorflow()
         t0 = time.perf_counter()
         self.conf = conf
         self.import_s = 0.0
         configure_threads(tf, conf)  # first: entering a tf.device starts TensorFlow's runtime
-        self.device = choose_device(tf, gpu_address)
+        self.place = place if place is not None else placement(gpu_address, executor_gpus=2, inherited=None, uuid_index={}) if gpu_address is not None else Placement(None, "none", None, None)
+        self.device = choose_device(tf, self.place)
         self.gpu = gpu_details(tf, self.device)
         cpu = cpu_info()
         self.precision = auto_precision(self.gpu, cpu["flags"]) if conf.precision == "auto" else conf.precision
-        with tf.device(self.device):
-            self.model = build_model(conf, storage, precision=self.precision)
-        spec = tf.TensorSpec((None, conf.image_size, conf.image_size, 3), tf.float32)
-        model = self.model
-        self._fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), input_signature=[spec], jit_compile=conf.xla)
         self._tf = tf
+        self.batch_size = conf.batch_size
+        try:
+            with tf.device(self.device):
+                self.model = build_model(conf, storage, precision=self.precision)
+        except tf.errors.OpError as exc:  # CUDA could not start on the GPU (busy in EXCLUSIVE_PROCESS mode, a broken driver)
+            raise self._device_error(exc, 0) from exc
+        # uint8 frames in (a quarter of the bytes to the device), ImageNet preprocessing inside the compiled call
+        spec = tf.TensorSpec((None, conf.image_size, conf.image_size, 3), tf.uint8)
+        model = self.model
+        mean = tf.constant([103.939, 116.779, 123.68], tf.float32)
+
+        def features(x: Any) -> Any:
+            bgr = tf.reverse(tf.cast(x, tf.float32), axis=[-1]) - mean  # RGB -> BGR, Caffe-style mean (what Keras' ResNet50 expects)
+            return tf.cast(model(bgr, training=False), tf.float32)
+
+        self._fn = tf.function(features, input_signature=[spec], jit_compile=conf.xla)
+        # One batch shape per worker on a GPU and under XLA (the tail padded): cuDNN autotunes and XLA compiles per shape.
+        self.fixed_shape = bool(conf.xla or self.gpu is not None)
         self.build_s = time.perf_counter() - t0
         self.versions = f"tensorflow {tf.__version__}, keras {tf.keras.__version__}"
         self.threads = conf.threads or task_cpus() or tf.config.threading.get_intra_op_parallelism_threads() or cpu["cores"]
-        self.batch_size = conf.batch_size
         t1 = time.perf_counter()
-        self._call(np.zeros((min(conf.batch_size or 2, 2) if not conf.xla else conf.batch_size or 2, conf.image_size, conf.image_size, 3), np.uint8), conf.batch_size or 2)
+        warm = conf.batch_size if conf.batch_size and self.fixed_shape else min(conf.batch_size or 2, 2)  # the shape every call will have
+        self._call(np.zeros((warm, conf.image_size, conf.image_size, 3), np.uint8), conf.batch_size or 2)
         self.warm_s = time.perf_counter() - t1  # tracing and graph optimisation of the first call
         self.calibration: dict[str, Any] = {"batch_size": conf.batch_size, "source": "featurizer.batch_size"}
         self.calibrate_s = 0.0
@@ -413,7 +433,9 @@ class Featurizer:
                     self._call(frames[:bs], bs)
                     done += bs
                 fps[bs] = done / (time.perf_counter() - t0)
-            except self._tf.errors.ResourceExhaustedError:
+            except DeviceError as exc:
+                if not exc.out_of_memory:
+                    raise
                 break
             best = max(fps.values())
             if fps[bs] < best * 1.03 and len(fps) > 1:
@@ -431,12 +453,35 @@ class Featurizer:
         out = []
         with self._tf.device(self.device):
             for start in range(0, len(images), bs):
-                chunk = preprocess(images[start : start + bs])
+                chunk = np.ascontiguousarray(images[start : start + bs], dtype=np.uint8)
                 n = len(chunk)
-                if self.conf.xla and n < bs:
-                    chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.float32)])
-                out.append(self._fn(self._tf.constant(chunk)).numpy()[:n])
+                if self.fixed_shape and n < bs:
+                    chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.uint8)])
+                try:
+                    out.append(self._fn(self._tf.constant(chunk)).numpy()[:n])
+                except (self._tf.errors.ResourceExhaustedError, self._tf.errors.InternalError, self._tf.errors.UnknownError, self._tf.errors.UnavailableError, self._tf.errors.AbortedError) as exc:
+                    forget(self)  # nothing in this process may use a model whose device failed
+                    raise self._device_error(exc, len(chunk)) from exc
         return np.concatenate(out, axis=0)
+
+    def _device_error(self, exc: Exception, batch: int) -> DeviceError:
+        """A fault of the device (out of memory, a CUDA error) as one message: which device, which batch, what to lower."""
+        oom = isinstance(exc, self._tf.errors.ResourceExhaustedError)
+        where = f"GPU {self.place.address} ({(self.gpu or {}).get('name', 'GPU')}, {self.device})" if self.gpu is not None or self.place.address else f"the CPU ({self.device}, host memory)"
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if oom:
+            hint = (
+                f"lower featurizer.batch_size (now {self.batch_size or 'auto'}) or give each task a larger GPU share (spark.task.resource.gpu.amount: fewer tasks per GPU)"
+                if self.gpu is not None
+                else f"lower featurizer.batch_size (now {self.batch_size or 'auto'}) or give executors more memory"
+            )
+            message = f"out of memory on {where} in a batch of {batch} frames ({self.precision}, {self.conf.image_size} px): {hint}. Cause: {first}"
+        else:
+            message = (
+                f"device error on {where} in a batch of {batch} frames: {first}. The task fails and Spark retries it in a new Python worker; "
+                "if it repeats on this GPU, check nvidia-smi and the kernel log (Xid errors)"
+            )
+        return DeviceError(message, out_of_memory=oom)
 
     def describe(self) -> str:
         """``batch 32 (measured), bfloat16, 2 threads, /CPU:0``: what the run record counts tasks under."""
@@ -460,9 +505,44 @@ def model_is_cached(conf: FeaturizerConf, storage: StorageConf | None = None) ->
         return (os.getpid(), model_conf(conf), storage, task_gpu()) in _MODELS
 
 
-def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Featurizer:
+def forget(model: Featurizer) -> None:
+    """Drop ``model`` from this worker's cache (its device failed: the next task builds anew, or the worker exits)."""
+    with contextlib.suppress(Exception), _LOCK:
+        for key in [k for k, v in _MODELS.items() if v is model]:
+            del _MODELS[key]
+
+
+def _tensorflow_started() -> bool:
+    import sys
+
+    return "tensorflow" in sys.modules
+
+
+def task_placement(executor_gpus: float) -> Placement:
+    """This task's :class:`~vidspark.gpus.Placement`, with visibility narrowed where it can be (before TensorFlow starts).
+
+    Narrow mode needs ``CUDA_VISIBLE_DEVICES`` set before TensorFlow's first GPU query in this process;
+    a worker where TensorFlow already started without it (warmed by a task with no GPU) places the
+    model explicitly instead, as on a shared executor.
+    """
+    address = task_gpu()
+    place = placement(address, executor_gpus=executor_gpus, inherited=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if place.mode != "narrow":
+        return place
+    if not _tensorflow_started():
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(place.visible)
+        return place
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == place.visible:
+        return place
+    logger.warning("TensorFlow started in pid %d before a GPU was assigned: GPU %s is placed explicitly, not narrowed", os.getpid(), address)
+    return placement(address, executor_gpus=2, inherited=os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None, *, executor_gpus: float = 0.0) -> Featurizer:
     """The featurizer for ``conf`` on this task's GPU (if any), built at most once per Python worker process.
 
+    ``executor_gpus``: ``spark.executor.resource.gpu.amount`` (decides narrow or shared placement,
+    :mod:`vidspark.gpus`). A worker keeps models for one GPU at most: building for another drops them.
     A new one carries ``import_s``, ``build_s`` and ``warm_s`` (TensorFlow import, model build, first call).
     """
     gpu = task_gpu()
@@ -471,12 +551,20 @@ def cached_model(conf: FeaturizerConf, storage: StorageConf | None = None) -> Fe
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            logger.info("building %s featurizer in pid %d (gpu %s)", conf.backbone, os.getpid(), gpu)
+            place = task_placement(executor_gpus)
+            others = [k for k in _MODELS if k[0] == os.getpid() and k[3] != gpu]
+            for k in others:  # a reused worker of a multi-GPU executor, now serving another GPU: one model (and memory pool) at a time
+                del _MODELS[k]
+            if others:
+                import gc
+
+                gc.collect()
+            logger.info("building %s featurizer in pid %d (gpu %s, %s)", conf.backbone, os.getpid(), gpu, place.mode)
             t0 = time.perf_counter()
             import_tensorflow()  # timed apart: the largest part of a fresh worker's start
 
             import_s = time.perf_counter() - t0
-            model = _MODELS[key] = Featurizer(conf, storage, gpu_address=gpu)
+            model = _MODELS[key] = Featurizer(conf, storage, place=place)
             model.import_s = import_s
         return model
 

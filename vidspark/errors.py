@@ -39,6 +39,14 @@ class WeightsUnavailable(EnvironmentProblem):
     """The featurizer's weights cannot be had: not cached, hub unreachable, file missing."""
 
 
+class DeviceError(EnvironmentProblem):
+    """The model's device failed: out of memory, or a CUDA error. The task fails (Spark retries it); never an errors row."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
 class StorageError(VidsparkError):
     """The input or output storage cannot be reached, or a bucket/folder does not exist."""
 

@@ -10,6 +10,7 @@ builds the model while videos are probed, and the merged partitions are swapped 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -27,7 +28,8 @@ from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.feature_store import URI_SCHEMA, StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
-from vidspark.frames import MODEL_KEY, VERSIONS_KEY, TaskStats, with_features, with_segments
+from vidspark.frames import GPU_KEY, MODEL_KEY, VERSIONS_KEY, TaskStats, with_features, with_segments
+from vidspark.gpus import executor_gpus
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout, TimeZones
 from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
@@ -161,7 +163,7 @@ def featurize(
             }
         logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", d["skipped"], d["todo"], d["changed"], d["pruned"])
         if diff.counts["todo"] and conf.featurizer.warm_up:  # the model builds in every worker while the videos are probed
-            stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats))
+            stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats, executor_gpus=executor_gpus(spark.conf)))
 
         work, plan_errors, n_work = _split_long_videos(spark, diff.todo, d["todo"], conf, timings, stack)
         errors_output = errors_output or sibling(output, "errors")
@@ -191,9 +193,11 @@ def featurize(
         "error_fraction": (n_errors / counts["listed"]) if counts["listed"] else 0.0,
         "partitions": [{"camera_id": c, "date": d, **outcome.partition_counts.get((c, d), {"frames": 0, "objects": 0})} for c, d in outcome.partitions],
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items()) if not k.startswith((VERSIONS_KEY, MODEL_KEY))},
+        "tasks": {k: round(v, 3) for k, v in sorted(dict(stats.value).items()) if not k.startswith((VERSIONS_KEY, MODEL_KEY, GPU_KEY))},
         "executor_versions": {k[len(VERSIONS_KEY) :]: int(v) for k, v in sorted(dict(stats.value).items()) if k.startswith(VERSIONS_KEY)},
         "executor_models": {k[len(MODEL_KEY) :]: int(v) for k, v in sorted(dict(stats.value).items()) if k.startswith(MODEL_KEY)},  # batch size, precision, threads, device, decode mode: tasks
+        # GPU placements (address Spark gave, narrow/shared, CUDA_VISIBLE_DEVICES, TensorFlow device, worker pid): tasks
+        "executor_gpus": [{**json.loads(k[len(GPU_KEY) :]), "tasks": int(v)} for k, v in sorted(dict(stats.value).items()) if k.startswith(GPU_KEY)],
         "task_slots": task_slots(spark),
     }
     logger.info("featurize done: %d frames from %d objects featurized, %d skipped as unchanged", outcome.frames, outcome.ok_objects, diff.counts["skipped"])
@@ -299,7 +303,10 @@ def _featurize_and_write(
         n_still = work.where(F.col("kind") != "video").count()
         num_tasks = min(n_work, max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + n_work - n_still))
         session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-        result_df = with_features(work, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats, iconf=conf.input)
+        gpus = executor_gpus(spark.conf)
+        result_df = with_features(
+            work, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats, iconf=conf.input, executor_gpus=gpus
+        )
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if result_df is not None:

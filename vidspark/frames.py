@@ -9,6 +9,8 @@ recordings into segments is here too.
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 import time
@@ -22,7 +24,7 @@ import pandas as pd
 from pyspark import AccumulatorParam
 from pyspark.sql import DataFrame
 
-from vidspark.backbone import cached_model, cpu_info, featurize_arrays, task_cpus
+from vidspark.backbone import cached_model, cpu_info, featurize_arrays, task_cpus, task_gpu
 from vidspark.config import FeaturizerConf, InputConf, StorageConf, VideoConf
 from vidspark.errors import error_message, raised_in_vidspark
 from vidspark.imaging import decode_image
@@ -92,9 +94,11 @@ class CoreGate:
 
 
 def decode_alternates(fconf: FeaturizerConf) -> bool:
-    """``featurizer.decode_mode`` for this task: alternate unless the model leaves some of the task's cores free."""
+    """``featurizer.decode_mode`` for this task: alternate unless the model leaves some of the task's cores free (or runs on a GPU)."""
     if fconf.decode_mode != "auto":
         return fconf.decode_mode == "alternate"
+    if task_gpu() is not None:  # the model runs on the task's GPU: decoding has the cores meanwhile
+        return False
     cores = task_cpus() or cpu_info()["cores"]
     return not (fconf.threads and fconf.threads < cores)
 
@@ -213,6 +217,7 @@ def make_probe_fn(vconf: VideoConf, sconf: StorageConf) -> Any:
 
 VERSIONS_KEY = "versions: "
 MODEL_KEY = "model: "
+GPU_KEY = "gpu: "  # + JSON of the task's placement: the run record's executor_gpus
 THUMB = 28  # skip_static compares 28x28 colour thumbnails of the model input
 
 
@@ -279,9 +284,20 @@ class _Ref:
 
 
 def make_featurize_fn(
-    fconf: FeaturizerConf, sconf: StorageConf, featurizer_id: str, vconf: VideoConf | None = None, session_tz: str = "UTC", stats: Any | None = None, *, iconf: InputConf | None = None
+    fconf: FeaturizerConf,
+    sconf: StorageConf,
+    featurizer_id: str,
+    vconf: VideoConf | None = None,
+    session_tz: str = "UTC",
+    stats: Any | None = None,
+    *,
+    iconf: InputConf | None = None,
+    executor_gpus: float = 0.0,
 ) -> Any:
     """The ``mapInPandas`` function: work rows in, FEATURIZE_RESULT_SCHEMA batches out (one row per frame or error).
+
+    ``executor_gpus``: ``spark.executor.resource.gpu.amount``, which decides how a task's model is
+    placed on the GPU Spark assigned it (:mod:`vidspark.gpus`).
 
     A producer thread turns work rows into frames (images fetched and decoded on a thread pool with
     a look-ahead of two model batches, videos streamed and decoded in order) and hands them over a
@@ -417,7 +433,10 @@ def make_featurize_fn(
                     continue
                 if model is None:
                     with gate.hold():  # building (and calibrating) uses every core too
-                        model = cached_model(fconf, sconf)
+                        model = cached_model(fconf, sconf, executor_gpus=executor_gpus)
+                    place = getattr(model, "place", None)
+                    if place is not None and place.mode != "none":
+                        timing[GPU_KEY + json.dumps({**place.record(model.device), "pid": os.getpid()}, sort_keys=True)] = 1.0
                     timing[VERSIONS_KEY + getattr(model, "versions", "unknown")] = 1.0  # which TensorFlow/Keras made these features (run record: executor_versions)
                     describe = getattr(model, "describe", None)
                     timing[MODEL_KEY + (describe() if describe else "unknown") + f", decode {'alternate' if gate.alternate else 'overlap'}"] = 1.0
@@ -543,6 +562,7 @@ def with_features(
     session_tz: str = "UTC",
     stats: Any | None = None,
     iconf: InputConf | None = None,
+    executor_gpus: float = 0.0,
 ) -> DataFrame:
     """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
@@ -567,7 +587,8 @@ def with_features(
         ``FEATURIZE_RESULT_SCHEMA``: one row per frame, and one per object (or video segment) that failed.
     """
     df = work_df.repartition(num_tasks) if num_tasks else work_df
-    return df.mapInPandas(make_featurize_fn(fconf, sconf, featurizer_id, vconf, session_tz, stats, iconf=iconf), schema=FEATURIZE_RESULT_SCHEMA)
+    fn = make_featurize_fn(fconf, sconf, featurizer_id, vconf, session_tz, stats, iconf=iconf, executor_gpus=executor_gpus)
+    return df.mapInPandas(fn, schema=FEATURIZE_RESULT_SCHEMA)
 
 
 def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:

@@ -19,12 +19,12 @@ from vidspark.config import FeaturizerConf, StorageConf
 logger = logging.getLogger(__name__)
 
 
-def make_warm_fn(fconf: FeaturizerConf, sconf: StorageConf, stats: Any) -> Any:
+def make_warm_fn(fconf: FeaturizerConf, sconf: StorageConf, stats: Any, executor_gpus: float = 0.0) -> Any:
     def warm_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for _ in batches:
             pass
         fresh = not model_is_cached(fconf, sconf)
-        model = cached_model(fconf, sconf)
+        model = cached_model(fconf, sconf, executor_gpus=executor_gpus)
         if fresh:
             stats.add({"workers_warmed": 1.0, "tf_import_s_max": model.import_s, "model_build_s_max": model.build_s, "first_call_s_max": model.warm_s})
         yield pd.DataFrame({"pid": [os.getpid()]})
@@ -45,11 +45,11 @@ class WarmUp:
     the ``with`` block stops the job if it still runs (nothing to featurize, or the run failed).
     """
 
-    def __init__(self, spark: SparkSession, fconf: FeaturizerConf, sconf: StorageConf, run_id: str, stats: Any) -> None:
+    def __init__(self, spark: SparkSession, fconf: FeaturizerConf, sconf: StorageConf, run_id: str, stats: Any, *, executor_gpus: float = 0.0) -> None:
         self.spark = spark
         self.group = f"vidspark-warm-up-{run_id}"
         slots = task_slots(spark)
-        df = spark.range(0, slots, 1, slots).mapInPandas(make_warm_fn(fconf, sconf, stats), schema="pid long")
+        df = spark.range(0, slots, 1, slots).mapInPandas(make_warm_fn(fconf, sconf, stats, executor_gpus), schema="pid long")
         self.cancelled = threading.Event()
 
         def job() -> None:

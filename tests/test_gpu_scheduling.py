@@ -1,0 +1,137 @@
+"""Spark's GPU scheduling, for real, on a machine without a GPU (issue 17).
+
+A standalone master and a worker whose GPUs come from a discovery script (two indices, or two
+UUIDs); ``vidspark featurize`` runs on it with executor and task GPU amounts, and every task
+records, in the run record's ``executor_gpus``: the address Spark assigned it, how the model was
+placed (narrow: ``CUDA_VISIBLE_DEVICES`` set to that GPU before TensorFlow started; shared:
+placed on ``/GPU:<index>``), what the worker could see, and the TensorFlow device chosen. TensorFlow
+runs on the CPU here (``VIDSPARK_GPU_SIMULATE=1`` on the executors: the device chosen is recorded,
+the model runs on ``/CPU:0``); what Spark assigned, and what vidspark did with it, is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyspark
+import pytest
+
+from tests.conftest import free_port
+from vidspark.synthetic import LocalSink, write_labeled_set
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARK_HOME = Path(pyspark.__file__).resolve().parent
+VIDSPARK = str(Path(sys.executable).with_name("vidspark"))
+UUIDS = ["GPU-5f3a9c1e-0000-4000-8000-00000000000a", "GPU-5f3a9c1e-0000-4000-8000-00000000000b"]
+
+
+def standalone(work: Path, addresses: list[str]):
+    """A master and a worker of 2 cores whose two GPUs a discovery script reports as ``addresses``."""
+    script = work / "gpus.sh"
+    script.write_text("#!/usr/bin/env bash\n" + f"echo '{json.dumps({'name': 'gpu', 'addresses': addresses})}'\n")
+    script.chmod(0o755)
+    port, ui, wui = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "CUDA_VISIBLE_DEVICES")}
+    env.update(
+        {
+            "SPARK_HOME": str(SPARK_HOME),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_DAEMON_MEMORY": "512m",
+            "SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount=2 -Dspark.worker.resource.gpu.discoveryScript={script}",
+        }
+    )
+    cls = str(SPARK_HOME / "bin" / "spark-class")
+    logs = [open(work / "master.log", "w"), open(work / "worker.log", "w")]  # noqa: SIM115 - closed by the caller's stop()
+    master = subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)], env=env, stdout=logs[0], stderr=subprocess.STDOUT)
+    url = f"spark://127.0.0.1:{port}"
+    cmd = [cls, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "2", "--memory", "3g", "--webui-port", str(wui), "--work-dir", str(work / "work")]
+    worker = subprocess.Popen(cmd, env=env, stdout=logs[1], stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        for proc in (worker, master):
+            proc.terminate()
+        for proc in (worker, master):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+        shutil.rmtree(work / "work", ignore_errors=True)
+
+    deadline = time.monotonic() + 120
+    while "Successfully registered with master" not in (work / "worker.log").read_text():
+        if master.poll() is not None or worker.poll() is not None or time.monotonic() > deadline:
+            stop()
+            raise AssertionError("the worker did not register: " + (work / "worker.log").read_text()[-3000:])
+        time.sleep(0.5)
+    return url, stop
+
+
+def featurize(url: str, work: Path, run_id: str, sets: list[str]) -> dict:
+    write_labeled_set(LocalSink(work / "in"), per_class=6, size=(48, 32))
+    args = ["featurize", "--master", url, "--input", str(work / "in"), "--output", str(work / "out" / "features"), "--run-id", run_id]
+    sets = [
+        "featurizer.weights=random",
+        "featurizer.image_size=32",
+        "featurizer.batch_size=4",
+        "featurizer.warm_up=false",
+        "job.rows_per_task=2",
+        "spark.executor.memory=1g",
+        "spark.executorEnv.VIDSPARK_GPU_SIMULATE=1",
+        "spark.executorEnv.CUDA_DEVICE_ORDER=PCI_BUS_ID",
+        *sets,
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update({"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
+    out = subprocess.run([VIDSPARK, *args, *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    record = json.loads((work / "out" / "runs" / f"{run_id}.json").read_text())
+    summary = record["summary"]
+    assert summary["featurized"] == len([f for f in (work / "in").rglob("*") if f.is_file()]) and summary["error_count"] == 0
+    return summary
+
+
+@pytest.mark.parametrize("task_amount", ["0.5", "1"])
+def test_two_gpus_per_executor_each_task_on_the_gpu_spark_gave_it(tmp_path, task_amount):
+    """The issue's shape: 2 GPUs per executor, half a GPU per task (Spark fills GPU 0 first), and a whole GPU per
+    task (two tasks at once hold both): shared placement, model on /GPU:<address>."""
+    url, stop = standalone(tmp_path, ["0", "1"])
+    try:
+        sets = ["spark.executor.resource.gpu.amount=2", f"spark.task.resource.gpu.amount={task_amount}", "spark.executor.cores=2", "spark.task.cpus=1"]
+        summary = featurize(url, tmp_path, "shared", sets)
+    finally:
+        stop()
+    placed = summary["executor_gpus"]
+    print(json.dumps(placed))
+    assert placed and sum(p["tasks"] for p in placed) >= 6, placed  # every featurize task recorded where its model went
+    for p in placed:
+        assert p["address"] in ("0", "1") and p["mode"] == "shared", p
+        assert p["tf_device"] == f"/GPU:{p['address']}" and p["device"] == "/CPU:0", p  # chosen from the address; run on the CPU here
+        assert p["visible"] is None, p  # several GPUs per executor: visibility left whole
+    if task_amount == "1":  # two tasks at a time, a whole GPU each: both GPUs served
+        assert {p["address"] for p in placed} == {"0", "1"}, placed
+
+
+def test_one_gpu_per_executor_narrows_each_worker_to_its_uuid(tmp_path):
+    """One GPU per executor (conf/gpu.yaml's shape), UUID addresses: each worker sees its GPU alone, /GPU:0."""
+    url, stop = standalone(tmp_path, UUIDS)
+    try:
+        summary = featurize(url, tmp_path, "narrow", ["spark.executor.resource.gpu.amount=1", "spark.task.resource.gpu.amount=1", "spark.executor.cores=1", "spark.task.cpus=1"])
+    finally:
+        stop()
+    placed = summary["executor_gpus"]
+    print(json.dumps(placed))
+    assert placed, summary
+    for p in placed:
+        assert p["address"] in UUIDS and p["mode"] == "narrow", p
+        assert p["visible"] == p["address"] and p["tf_device"] == "/GPU:0", p  # CUDA_VISIBLE_DEVICES named this GPU alone before TensorFlow started
+    assert {p["address"] for p in placed} == set(UUIDS)  # two executors, one GPU each: both used

@@ -1,0 +1,163 @@
+"""GPU placement without a GPU: addresses, narrow and shared placement, one model per worker, device faults, one batch shape."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from vidspark import backbone, frames
+from vidspark.config import FeaturizerConf
+from vidspark.errors import ConfigError, DeviceError, known_failure
+from vidspark.gpus import executor_gpus, parse_address, placement
+
+UUID1 = "GPU-8d3c1a2b-1111-2222-3333-444455556666"
+UUID2 = "GPU-8d3c1a2b-1111-2222-3333-444455557777"
+MIG = "MIG-GPU-8d3c1a2b-1111-2222-3333-444455556666/1/0"
+
+
+def test_addresses_of_every_form_parse_and_others_fail_with_one_clear_message():
+    assert parse_address("0").kind == "index" and parse_address(" 12 ").raw == "12"
+    assert parse_address(UUID1).kind == "uuid"
+    assert parse_address(MIG).kind == "mig" and parse_address("MIG-8d3c1a2b-1111-2222-3333-444455556666").kind == "mig"
+    for bad in ("gpu0", "", "0,1", "GPU-xyz", "/GPU:0"):
+        with pytest.raises(ConfigError, match="understands nvidia-smi indices .* GPU UUIDs .* MIG instances.*discoveryScript"):
+            parse_address(bad)
+
+
+def test_one_gpu_per_executor_narrows_the_worker_to_it():
+    for address in ("1", UUID1, MIG):
+        p = placement(address, executor_gpus=1)
+        assert (p.mode, p.visible, p.tf_index) == ("narrow", address, 0)
+    assert placement("3", executor_gpus=1, inherited="2,3").visible == "3"  # Spark's addresses are nvidia-smi's (physical) ids
+    with pytest.raises(ConfigError, match="hides every GPU"):
+        placement("0", executor_gpus=1, inherited="")
+    assert placement(None, executor_gpus=1).mode == "none"
+
+
+def test_several_gpus_per_executor_place_the_model_explicitly():
+    assert placement("1", executor_gpus=2).tf_index == 1 and placement("1", executor_gpus=2).visible is None
+    assert placement("3", executor_gpus=2, inherited="2,3").tf_index == 1  # TensorFlow numbers the listed GPUs from 0
+    assert placement(UUID2, executor_gpus=2, inherited=f"{UUID1},{UUID2}").tf_index == 1
+    assert placement(UUID2, executor_gpus=2, uuid_index={UUID1: 0, UUID2: 1}).tf_index == 1
+    with pytest.raises(ConfigError, match="does not list it"):
+        placement("1", executor_gpus=2, inherited="0")
+    with pytest.raises(ConfigError, match="nvidia-smi on this executor does not list"):
+        placement(UUID1, executor_gpus=2, uuid_index={})
+    with pytest.raises(ConfigError, match=r"MIG instance .*spark\.executor\.resource\.gpu\.amount=1"):
+        placement(MIG, executor_gpus=2)
+
+
+def test_executor_gpus_from_the_spark_conf():
+    assert executor_gpus({}) == 0 and executor_gpus({"spark.executor.resource.gpu.amount": "2"}) == 2
+    with pytest.raises(ConfigError, match="not a number"):
+        executor_gpus({"spark.executor.resource.gpu.amount": "two"})
+
+
+def test_a_task_narrows_visibility_before_tensorflow_starts(monkeypatch):
+    monkeypatch.setattr(backbone, "task_gpu", lambda: UUID1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{UUID1},{UUID2}")
+    monkeypatch.setattr(backbone, "_tensorflow_started", lambda: False)
+    p = backbone.task_placement(1)
+    assert p.mode == "narrow" and os.environ["CUDA_VISIBLE_DEVICES"] == UUID1 and p.record("/GPU:0")["visible"] == UUID1
+    # TensorFlow already started in this worker with other GPUs visible: placed explicitly instead (it cannot be narrowed now)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{UUID1},{UUID2}")
+    monkeypatch.setattr(backbone, "_tensorflow_started", lambda: True)
+    monkeypatch.setattr(backbone, "task_gpu", lambda: UUID2)
+    p = backbone.task_placement(1)
+    assert (p.mode, p.tf_index) == ("shared", 1) and os.environ["CUDA_VISIBLE_DEVICES"] == f"{UUID1},{UUID2}"
+
+
+def test_a_worker_keeps_a_model_for_one_gpu_at_most(monkeypatch):
+    built = []
+
+    class Fake:
+        def __init__(self, conf, storage, *, place):
+            self.place = place
+            built.append(place.address)
+
+    monkeypatch.setattr(backbone, "Featurizer", Fake)
+    monkeypatch.setattr(backbone, "import_tensorflow", lambda: None)
+    monkeypatch.setattr(backbone, "_MODELS", {})
+    conf = FeaturizerConf(weights="random")
+    for address in ("0", "0", "1", "0"):
+        monkeypatch.setattr(backbone, "task_gpu", lambda a=address: a)
+        model = backbone.cached_model(conf, executor_gpus=2)
+        assert model.place.address == address and model.place.mode == "shared" and model.place.tf_index == int(address)
+        assert [k[3] for k in backbone._MODELS if k[0] == os.getpid()] == [address]  # the other GPU's model was dropped
+    assert built == ["0", "1", "0"]
+
+
+def test_decoding_runs_beside_a_model_on_the_tasks_gpu(monkeypatch):
+    conf = FeaturizerConf(decode_mode="auto")
+    monkeypatch.setattr(frames, "task_gpu", lambda: None)
+    assert frames.decode_alternates(conf)  # CPU: the model takes every core, decoding waits for it
+    monkeypatch.setattr(frames, "task_gpu", lambda: "0")
+    assert not frames.decode_alternates(conf)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return backbone.Featurizer(FeaturizerConf(weights="random", image_size=32, batch_size=4, precision="float32", threads=1))
+
+
+def _scenes(n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_frames_travel_as_uint8_and_are_preprocessed_inside_the_call(tiny):
+    (spec,) = tiny._fn.input_signature
+    assert spec.dtype.name == "uint8"
+    x = _scenes(5)
+    reference = np.asarray(tiny.model.predict_on_batch(backbone.preprocess(x)), dtype=np.float32)  # numpy preprocessing, Keras call
+    np.testing.assert_allclose(tiny(x), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_one_batch_shape_per_worker_on_a_gpu_the_tail_padded(tiny, monkeypatch):
+    shapes = []
+    fn = tiny._fn
+    monkeypatch.setattr(tiny, "_fn", lambda x: shapes.append(tuple(x.shape)) or fn(x))
+    x = _scenes(6)
+    free = tiny(x)
+    assert shapes == [(4, 32, 32, 3), (2, 32, 32, 3)]  # CPU without XLA: the tail as it is (padding costs real CPU)
+    shapes.clear()
+    monkeypatch.setattr(tiny, "fixed_shape", True)  # what a GPU (or XLA) sets
+    np.testing.assert_allclose(tiny(x), free, rtol=1e-4, atol=1e-5)
+    assert shapes == [(4, 32, 32, 3), (4, 32, 32, 3)]
+
+
+def test_the_warm_up_call_has_the_shape_of_every_call_on_a_gpu(monkeypatch):
+    calls = []
+    original = backbone.Featurizer._call
+    monkeypatch.setattr(backbone.Featurizer, "_call", lambda self, images, bs: calls.append((len(images), bs)) or original(self, images, bs))
+    monkeypatch.setattr(backbone, "gpu_details", lambda tf, device: {"name": "Fake GPU", "compute_capability": [8, 0]})
+    model = backbone.Featurizer(FeaturizerConf(weights="random", image_size=32, batch_size=4, precision="float32", threads=1))
+    assert model.fixed_shape and calls == [(4, 4)]
+
+
+def test_a_device_fault_fails_the_task_naming_the_device_the_batch_and_what_to_lower(tiny, monkeypatch):
+    tf = tiny._tf
+
+    def oom(x):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[4,2048,7,7]")
+
+    monkeypatch.setitem(backbone._MODELS, ("test", "tiny"), tiny)
+    monkeypatch.setattr(tiny, "_fn", oom)
+    with pytest.raises(DeviceError, match=r"out of memory on the CPU .* batch of 4 frames .*lower featurizer.batch_size \(now 4\)") as err:
+        tiny(_scenes(4))
+    assert err.value.out_of_memory and err.value.exit_code == 5
+    assert tiny not in backbone._MODELS.values()  # forgotten: nothing in this worker uses it again
+
+    def cuda(x):
+        raise tf.errors.InternalError(None, None, "CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered")
+
+    monkeypatch.setattr(tiny, "_fn", cuda)
+    monkeypatch.setattr(tiny, "place", placement("1", executor_gpus=1))
+    monkeypatch.setattr(tiny, "gpu", {"name": "Fake GPU", "compute_capability": [8, 0]})
+    with pytest.raises(DeviceError, match=r"device error on GPU 1 \(Fake GPU, /CPU:0\) in a batch of 3 frames: CUDA_ERROR_ILLEGAL_ADDRESS.*Spark retries it") as err:
+        tiny(_scenes(3))
+    assert not err.value.out_of_memory
+    # on the driver, the executor's traceback becomes the one line and exit code 5
+    found = known_failure(RuntimeError(f"Traceback ...\nvidspark.errors.DeviceError: {err.value}\n"))
+    assert isinstance(found, DeviceError) and found.exit_code == 5
