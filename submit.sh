@@ -69,8 +69,9 @@ at another path). Paths given to the job (--model, --output) must be reachable f
                    --conf conf/cluster.yaml
                S3 credentials: the default AWS chain on both sides (IRSA for the pods' service account).
   GPU:         ./submit.sh --gpu featurize ... --conf conf/cluster.yaml: gpu.yaml's Spark settings (one GPU
-               per executor, spark.task.resource.gpu.amount 0.25, discovery script) under cluster.yaml's;
-               conf/gpu.yaml alone (--conf conf/gpu.yaml) also sets the GPU featurizer (bfloat16, batch 256).
+               per executor, discovery script) under cluster.yaml's; the featurize stage alone asks for a GPU
+               share (featurizer.task_gpus; auto: the executor's GPU over its tasks); conf/gpu.yaml alone
+               (--conf conf/gpu.yaml) also sets the GPU featurizer (precision auto, batch 256, a quarter GPU a task).
   Nightly:     cron  `30 2 * * * cd /opt/vidspark && SPARK_MASTER=yarn ./submit.sh run --input s3://cams/ \
                        --model s3a://models/current --output s3a://lake/vidspark --conf conf/cluster.yaml`
                Airflow: SparkSubmitOperator(application="jobs/run.py", py_files="dist/vidspark-@VERSION@-py3-none-any.whl",

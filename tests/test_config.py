@@ -12,7 +12,8 @@ def test_defaults_and_repo_confs_load():
     for name in ("local", "cluster", "gpu"):
         conf = load_conf(f"conf/{name}.yaml")
         assert isinstance(conf, Conf)
-    assert load_conf("conf/gpu.yaml").spark["spark.task.resource.gpu.amount"] == 0.25
+    gpu = load_conf("conf/gpu.yaml")
+    assert gpu.featurizer.task_gpus == 0.25 and gpu.featurizer.task_cpus == 2 and "spark.task.resource.gpu.amount" not in gpu.spark
 
 
 def test_layout_override_keeps_braces():

@@ -77,6 +77,7 @@ def standalone(work: Path, addresses: list[str]):
 
 
 def featurize(url: str, work: Path, run_id: str, sets: list[str]) -> dict:
+    (work / "events").mkdir(exist_ok=True)
     write_labeled_set(LocalSink(work / "in"), per_class=6, size=(48, 32))
     args = ["featurize", "--master", url, "--input", str(work / "in"), "--output", str(work / "out" / "features"), "--run-id", run_id]
     sets = [
@@ -88,6 +89,10 @@ def featurize(url: str, work: Path, run_id: str, sets: list[str]) -> dict:
         "spark.executor.memory=1g",
         "spark.executorEnv.VIDSPARK_GPU_SIMULATE=1",
         "spark.executorEnv.CUDA_DEVICE_ORDER=PCI_BUS_ID",
+        "spark.eventLog.enabled=true",
+        f"spark.eventLog.dir=file://{work / 'events'}",
+        "spark.eventLog.compress=false",
+        "spark.eventLog.rolling.enabled=false",
         *sets,
     ]
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
@@ -135,3 +140,38 @@ def test_one_gpu_per_executor_narrows_each_worker_to_its_uuid(tmp_path):
         assert p["address"] in UUIDS and p["mode"] == "narrow", p
         assert p["visible"] == p["address"] and p["tf_device"] == "/GPU:0", p  # CUDA_VISIBLE_DEVICES named this GPU alone before TensorFlow started
     assert {p["address"] for p in placed} == set(UUIDS)  # two executors, one GPU each: both used
+
+
+def stage_profiles(events: Path) -> tuple[dict[int, dict], list[tuple[int, str, int]]]:
+    """From Spark's event log: each ResourceProfile's task requests, and each stage (id, name, profile id)."""
+    profiles, stages = {}, []
+    for log in (f for f in events.rglob("*") if f.is_file() and not f.name.startswith("appstatus")):
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["Event"] == "SparkListenerResourceProfileAdded":
+                profiles[event["Resource Profile Id"]] = {k: v["Amount"] for k, v in event["Task Resource Requests"].items()}
+            elif event["Event"] == "SparkListenerStageSubmitted":
+                info = event["Stage Info"]
+                stages.append((info["Stage ID"], info["Stage Name"], info["Resource Profile Id"]))
+    return profiles, stages
+
+
+def test_only_the_featurize_stage_asks_for_a_gpu(tmp_path):
+    """Executors with a GPU each, no global task GPU amount: featurizer.task_gpus becomes the featurize stage's own
+    ResourceProfile; every other stage (listing, parse, diff, group-bys, writes) runs on the default profile, holding no GPU."""
+    url, stop = standalone(tmp_path, ["0", "1"])
+    try:
+        sets = ["spark.executor.resource.gpu.amount=1", "spark.executor.cores=1", "spark.task.cpus=1", "featurizer.task_gpus=0.5", "featurizer.task_cpus=1"]
+        summary = featurize(url, tmp_path, "stage", sets)
+    finally:
+        stop()
+    placed = summary["executor_gpus"]
+    assert placed and {p["address"] for p in placed} <= {"0", "1"} and all(p["mode"] == "narrow" and p["visible"] == p["address"] for p in placed), placed
+    profiles, stages = stage_profiles(tmp_path / "events")
+    gpu_profiles = {pid for pid, req in profiles.items() if req.get("gpu") == 0.5 and req.get("cpus") == 1}
+    assert gpu_profiles and all(pid != 0 for pid in gpu_profiles), profiles
+    on_gpu = [s for s in stages if s[2] in gpu_profiles]
+    off_gpu = [s for s in stages if s[2] not in gpu_profiles]
+    assert on_gpu and len(off_gpu) >= 3, stages  # the featurize stage asked; listing, diff and writes did not
+    assert all(s[2] == 0 for s in off_gpu), stages
+    assert "gpu" not in profiles.get(0, {}), profiles  # the default profile asks for no GPU per task

@@ -10,7 +10,7 @@ import pytest
 from vidspark import backbone, frames
 from vidspark.config import FeaturizerConf
 from vidspark.errors import ConfigError, DeviceError, known_failure
-from vidspark.gpus import executor_gpus, parse_address, placement
+from vidspark.gpus import executor_gpus, parse_address, placement, stage_request, task_gpu_share
 
 UUID1 = "GPU-8d3c1a2b-1111-2222-3333-444455556666"
 UUID2 = "GPU-8d3c1a2b-1111-2222-3333-444455557777"
@@ -161,3 +161,34 @@ def test_a_device_fault_fails_the_task_naming_the_device_the_batch_and_what_to_l
     # on the driver, the executor's traceback becomes the one line and exit code 5
     found = known_failure(RuntimeError(f"Traceback ...\nvidspark.errors.DeviceError: {err.value}\n"))
     assert isinstance(found, DeviceError) and found.exit_code == 5
+
+
+class _Spark:
+    """What stage_request reads of a session: its conf and its master."""
+
+    def __init__(self, master: str, **conf: str) -> None:
+        self.conf = {k.replace("__", "."): v for k, v in conf.items()}
+
+        class Ctx:
+            pass
+
+        self.sparkContext = Ctx()
+        self.sparkContext.master = master
+
+
+def test_the_gpu_share_is_asked_for_by_the_featurize_stage_alone_where_spark_can():
+    assert task_gpu_share(0.25, executor_gpus=1, executor_cores=8, task_cpus=2) == 0.25
+    assert task_gpu_share(0, executor_gpus=1, executor_cores=8, task_cpus=2) == 0.25  # auto: 4 tasks share the GPU
+    assert task_gpu_share(0, executor_gpus=1, executor_cores=4, task_cpus=4) == 1.0  # --gpu --conf conf/cluster.yaml
+    assert task_gpu_share(0, executor_gpus=1, executor_cores=3, task_cpus=1) == pytest.approx(1 / 3)
+    assert task_gpu_share(0, executor_gpus=2, executor_cores=2, task_cpus=1) == 1.0
+    assert task_gpu_share(0.5, executor_gpus=0, executor_cores=8, task_cpus=2) == 0.0
+    gpu = {"spark__executor__resource__gpu__amount": "1", "spark__executor__cores": "8"}
+    cluster = stage_request(_Spark("spark://h:7077", **gpu), 0.25, 2)
+    requests = cluster.profile.taskResources
+    assert cluster.note is None and requests["gpu"].amount == 0.25 and requests["cpus"].amount == 2
+    assert stage_request(_Spark("spark://h:7077"), 0.25, 2).profile is None  # no GPUs on the executors: nothing to ask for
+    local = stage_request(_Spark("local[4]", **gpu), 0.25, 2)
+    assert local.profile is None and "local master" in local.note
+    both = stage_request(_Spark("yarn", spark__task__resource__gpu__amount="0.25", **gpu), 0.25, 2)
+    assert both.profile is None and "every stage holds that GPU share" in both.note

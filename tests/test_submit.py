@@ -189,8 +189,9 @@ def test_gpu_dry_run_has_the_gpu_settings_and_the_discovery_script_works(checkou
     gpu_yaml = str(checkout / "conf" / "gpu.yaml")
     assert options(cmd, "--files") == [gpu_yaml] and cmd[-2:] == ["--conf", gpu_yaml]
     confs = spark_confs(cmd)
-    for key, value in (("spark.executor.resource.gpu.amount", "1"), ("spark.task.resource.gpu.amount", "0.25"), ("spark.executorEnv.CUDA_DEVICE_ORDER", "PCI_BUS_ID")):
+    for key, value in (("spark.executor.resource.gpu.amount", "1"), ("spark.executorEnv.CUDA_DEVICE_ORDER", "PCI_BUS_ID")):
         assert confs[key] == [value]
+    assert "spark.task.resource.gpu.amount" not in confs  # the featurize stage asks for its GPU share itself (featurizer.task_gpus)
     assert confs["spark.executor.resource.gpu.discoveryScript"][0].startswith("/")  # on the nodes: discovery runs before --files arrive
     script = ROOT / "scripts" / "get_gpus_resources.sh"
     for visible, addresses in (("2,3", ["0", "1"]), ("-1", []), ("", [])):
@@ -203,7 +204,7 @@ def test_gpu_combines_with_the_users_conf(checkout):
     assert res.returncode == 0, res.stderr
     cmd = words(res)
     confs = spark_confs(cmd)
-    assert confs["spark.executor.resource.gpu.amount"] == ["1"] and confs["spark.task.resource.gpu.amount"] == ["0.25"]  # gpu.yaml's
+    assert confs["spark.executor.resource.gpu.amount"] == ["1"] and "spark.task.resource.gpu.amount" not in confs  # gpu.yaml's
     assert confs["spark.executor.cores"] == ["4"] and confs["spark.executor.memory"] == ["8g"]  # cluster.yaml's win over gpu.yaml's 8 and 16g
     assert confs["spark.sql.adaptive.enabled"] == ["true"]  # only in cluster.yaml
     assert options(cmd, "--files") == ["conf/cluster.yaml"] and cmd[-2:] == ["--conf", "conf/cluster.yaml"]  # the job reads the user's conf
@@ -220,7 +221,7 @@ def test_gpu_conf_works_on_each_cluster_manager(checkout, master, user_conf):
     assert options(cmd, "--master") == [master]
     confs = spark_confs(cmd)
     assert confs["spark.executor.resource.gpu.amount"] == ["1"] and confs["spark.executor.resource.gpu.vendor"] == ["nvidia.com"]
-    assert confs["spark.task.resource.gpu.amount"] == ["0.25"] and confs["spark.executor.resource.gpu.discoveryScript"][0].startswith("/")
+    assert "spark.task.resource.gpu.amount" not in confs and confs["spark.executor.resource.gpu.discoveryScript"][0].startswith("/")
     if user_conf:
         assert confs["spark.executor.cores"] == ["4"] and cmd[-2:] == ["--conf", user_conf]
 

@@ -78,6 +78,8 @@ class FeaturizerConf:
     warm_up: bool = True
     decode_mode: str = "auto"  # alternate | overlap | auto (alternate when the model has every core of the task)
     skip_static: float = 0.0  # > 0: a video frame this close to the last featurized one reuses its features
+    task_gpus: float = 0.0  # GPU share of each featurize task, asked for by its stage alone (0: auto, from the executors' GPUs and cores)
+    task_cpus: int = 0  # CPUs of each featurize task under that request (0: spark.task.cpus)
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "featurizer.image_size": (32, 1024),
     "featurizer.batch_size": (0, 4096),
     "featurizer.skip_static": (0.0, 1.0),
+    "featurizer.task_gpus": (0.0, 64.0),
+    "featurizer.task_cpus": (0, 1024),
     "featurizer.threads": (0, 1024),
     "featurizer.fetch_threads": (1, 256),
     "featurizer.max_image_pixels": (1, None),

@@ -29,7 +29,7 @@ from vidspark.config import Conf
 from vidspark.errors import ConfigError
 from vidspark.feature_store import URI_SCHEMA, StoreDiff, diff_with_store, merged_features, stored_objects, write_errors
 from vidspark.frames import GPU_KEY, MODEL_KEY, VERSIONS_KEY, TaskStats, with_features, with_segments
-from vidspark.gpus import executor_gpus
+from vidspark.gpus import executor_gpus, stage_request
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout, TimeZones
 from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
@@ -163,7 +163,8 @@ def featurize(
             }
         logger.info("%d objects unchanged since the last run (skipped), %d to featurize (%d changed), %d pruned", d["skipped"], d["todo"], d["changed"], d["pruned"])
         if diff.counts["todo"] and conf.featurizer.warm_up:  # the model builds in every worker while the videos are probed
-            stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats, executor_gpus=executor_gpus(spark.conf)))
+            request = stage_request(spark, conf.featurizer.task_gpus, conf.featurizer.task_cpus)
+            stack.enter_context(WarmUp(spark, conf.featurizer, conf.storage, run_id, stats, executor_gpus=executor_gpus(spark.conf), profile=request.profile))
 
         work, plan_errors, n_work = _split_long_videos(spark, diff.todo, d["todo"], conf, timings, stack)
         errors_output = errors_output or sibling(output, "errors")
@@ -304,8 +305,23 @@ def _featurize_and_write(
         num_tasks = min(n_work, max(task_slots(spark), math.ceil(n_still / conf.job.rows_per_task) + n_work - n_still))
         session_tz = spark.conf.get("spark.sql.session.timeZone") or "UTC"
         gpus = executor_gpus(spark.conf)
+        request = stage_request(spark, conf.featurizer.task_gpus, conf.featurizer.task_cpus)
+        if request.note:
+            logger.warning("featurize on GPU executors: %s", request.note)
+        elif request.profile is not None:
+            logger.info("featurize stage asks for %g GPU and %d CPUs per task (stage-level scheduling; other stages hold no GPU)", request.task_gpus, request.task_cpus)
         result_df = with_features(
-            work, fconf=conf.featurizer, sconf=conf.storage, vconf=conf.video, featurizer_id=feat_id, num_tasks=num_tasks, session_tz=session_tz, stats=stats, iconf=conf.input, executor_gpus=gpus
+            work,
+            fconf=conf.featurizer,
+            sconf=conf.storage,
+            vconf=conf.video,
+            featurizer_id=feat_id,
+            num_tasks=num_tasks,
+            session_tz=session_tz,
+            stats=stats,
+            iconf=conf.input,
+            executor_gpus=gpus,
+            profile=request.profile,
         )
         result_df = result_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:

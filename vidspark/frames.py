@@ -563,6 +563,7 @@ def with_features(
     stats: Any | None = None,
     iconf: InputConf | None = None,
     executor_gpus: float = 0.0,
+    profile: Any | None = None,
 ) -> DataFrame:
     """Featurize every work row (image, video or video segment); failures carry ``stage``/``error_type``/``message``.
 
@@ -580,6 +581,9 @@ def with_features(
         Repartition to this many tasks first (None keeps the partitioning).
     stats
         A :class:`TaskStats` accumulator that each task adds its timings to.
+    executor_gpus, profile
+        The executors' GPUs (placement, :mod:`vidspark.gpus`) and the stage's own ResourceProfile
+        (:func:`vidspark.gpus.stage_request`; None: the stage asks for nothing of its own).
 
     Returns
     -------
@@ -588,7 +592,10 @@ def with_features(
     """
     df = work_df.repartition(num_tasks) if num_tasks else work_df
     fn = make_featurize_fn(fconf, sconf, featurizer_id, vconf, session_tz, stats, iconf=iconf, executor_gpus=executor_gpus)
-    return df.mapInPandas(fn, schema=FEATURIZE_RESULT_SCHEMA)
+    if profile is None:
+        return df.mapInPandas(fn, schema=FEATURIZE_RESULT_SCHEMA)
+    # The stage's own resources (a GPU share); the shuffle after it ends the stage, so what reads the features holds no GPU.
+    return df.mapInPandas(fn, schema=FEATURIZE_RESULT_SCHEMA, profile=profile).repartition("camera_id", "date")
 
 
 def with_segments(videos_df: DataFrame, *, vconf: VideoConf, sconf: StorageConf) -> DataFrame:

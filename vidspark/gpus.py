@@ -129,3 +129,63 @@ def executor_gpus(spark_conf: Any) -> float:
         return float(value) if value not in (None, "") else 0.0
     except ValueError as exc:
         raise ConfigError(f"spark.executor.resource.gpu.amount={value!r} is not a number") from exc
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """What the featurize stage asks Spark for: a GPU share and CPUs per task, as a stage-level ResourceProfile.
+
+    ``profile``: the PySpark ``ResourceProfile`` to pass to ``mapInPandas`` (None: the stage asks for
+    nothing of its own). ``note``: why not, where it does not (logged once per job).
+    """
+
+    task_gpus: float
+    task_cpus: int
+    profile: Any
+    note: str | None
+
+
+def task_gpu_share(task_gpus: float, *, executor_gpus: float, executor_cores: int, task_cpus: int) -> float:
+    """``featurizer.task_gpus``, or (0: auto) the executor's GPUs shared by as many tasks as its cores hold.
+
+    Spark needs ``1/k`` shares of a GPU (or whole GPUs): an automatic share is rounded down to one.
+    """
+    if task_gpus > 0 or executor_gpus <= 0:
+        return task_gpus if executor_gpus > 0 else 0.0
+    tasks = max(1, executor_cores // max(1, task_cpus))
+    share = executor_gpus / tasks
+    return share if share >= 1 else 1.0 / -(-tasks // max(1, int(executor_gpus)))
+
+
+def stage_request(spark: Any, task_gpus: float, task_cpus: int) -> StageRequest:
+    """The featurize stage's own resource request, where Spark can honour one.
+
+    Executors with GPUs (``spark.executor.resource.gpu.amount``) and no global task GPU amount: the
+    featurize stage (and its warm-up) asks for ``task_gpus`` of a GPU and ``task_cpus`` CPUs per task
+    through a task-only ResourceProfile (PySpark 4+, standalone, YARN or Kubernetes with dynamic
+    allocation off); listing, probing, group-bys and writes hold no GPU. A global
+    ``spark.task.resource.gpu.amount`` (every stage holds that share), a local master (no GPU
+    scheduling) or PySpark 3.5 (no ``mapInPandas(profile=)``) leave the stage without a request of its own.
+    """
+    import inspect
+
+    from pyspark.sql import DataFrame
+
+    conf = spark.conf
+    gpus = executor_gpus(conf)
+    cpus = task_cpus or int(conf.get("spark.task.cpus", "1") or 1)
+    if gpus <= 0:
+        return StageRequest(0.0, cpus, None, None)
+    cores = int(conf.get("spark.executor.cores", "0") or 0) or cpus
+    share = task_gpu_share(task_gpus, executor_gpus=gpus, executor_cores=cores, task_cpus=cpus)
+    master = spark.sparkContext.master or ""
+    if conf.get("spark.task.resource.gpu.amount", None) not in (None, ""):
+        return StageRequest(share, cpus, None, "spark.task.resource.gpu.amount is set: every stage holds that GPU share (set featurizer.task_gpus instead, for the featurize stage alone)")
+    if master.startswith("local"):
+        return StageRequest(share, cpus, None, "local master: Spark schedules no GPUs; every task uses the first GPU TensorFlow sees")
+    if "profile" not in inspect.signature(DataFrame.mapInPandas).parameters:
+        return StageRequest(share, cpus, None, "this PySpark has no stage-level scheduling for mapInPandas (4.0+): set spark.task.resource.gpu.amount for every stage")
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    requests = TaskResourceRequests().cpus(cpus).resource("gpu", share)
+    return StageRequest(share, cpus, ResourceProfileBuilder().require(requests).build, None)

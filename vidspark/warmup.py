@@ -45,11 +45,11 @@ class WarmUp:
     the ``with`` block stops the job if it still runs (nothing to featurize, or the run failed).
     """
 
-    def __init__(self, spark: SparkSession, fconf: FeaturizerConf, sconf: StorageConf, run_id: str, stats: Any, *, executor_gpus: float = 0.0) -> None:
+    def __init__(self, spark: SparkSession, fconf: FeaturizerConf, sconf: StorageConf, run_id: str, stats: Any, *, executor_gpus: float = 0.0, profile: Any | None = None) -> None:
         self.spark = spark
         self.group = f"vidspark-warm-up-{run_id}"
         slots = task_slots(spark)
-        df = spark.range(0, slots, 1, slots).mapInPandas(make_warm_fn(fconf, sconf, stats, executor_gpus), schema="pid long")
+        df = spark.range(0, slots, 1, slots).mapInPandas(make_warm_fn(fconf, sconf, stats, executor_gpus), schema="pid long", **({"profile": profile} if profile is not None else {}))
         self.cancelled = threading.Event()
 
         def job() -> None:
