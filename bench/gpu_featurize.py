@@ -8,8 +8,11 @@ TensorFlow sees no GPU.
 - **A** (measured after C, so that this process's model does not hold GPU memory while C's
   workers run): vidspark's compiled ResNet50 call on decoded 224x224 frames, per batch size, in float32 and
   in mixed precision (float16 and bfloat16), optionally XLA (``--xla``);
-- **C**: ``vidspark featurize`` on ``local[*]`` from a local S3 server (JPEGs, 640x480 and 1920x1080),
-  per batch size and precision, with where the time goes from the run record's task timings:
+- **C**: ``vidspark featurize`` on ``local[*]`` (or, with ``--master spark://...``, on a standalone
+  cluster whose workers offer GPUs: Spark's GPU scheduling, one GPU per executor, the featurize
+  stage asking for ``--task-gpus``) from a local S3 server (JPEGs, 640x480 and 1920x1080), per
+  batch size and precision, tasks of at least 8 batches (``job.rows_per_task`` = 8 x batch), GPU
+  utilisation sampled from nvidia-smi, with where the time goes from the run record's task timings:
   time in model calls, time the model thread waited for frames (decode could not keep up), and
   fetch+decode time summed over the fetch threads.
 
@@ -60,6 +63,38 @@ def ceiling(batch: int, precision: str, xla: bool, n_frames: int) -> float:
     return round(done / (time.perf_counter() - t0), 1)
 
 
+class GpuUtilisation:
+    """``nvidia-smi``'s GPU utilisation sampled every half second while the block runs (mean, p50, max in %)."""
+
+    def __enter__(self) -> GpuUtilisation:
+        import threading
+
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import subprocess
+
+        while not self.stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(max(float(v) for v in out.split()))
+            except (OSError, ValueError, subprocess.SubprocessError):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.samples:
+            return None
+        return {"mean": round(float(np.mean(self.samples)), 1), "p50": round(float(np.median(self.samples)), 1), "max": round(max(self.samples), 1), "samples": len(self.samples)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import featurize as fb  # bench/featurize.py: the archive, server and C runner are shared
 
@@ -70,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="float32,float16,bfloat16")
     parser.add_argument("--xla", action="store_true", help="also measure A with XLA")
     parser.add_argument("--fetch-threads", type=int, default=16)
+    parser.add_argument(
+        "--master", help="run C on this cluster (spark://host:7077, a standalone master whose workers offer GPUs: GPU scheduling, placement and sharing as in production) instead of local[*]"
+    )
+    parser.add_argument("--task-gpus", type=float, default=0.25, help="featurizer.task_gpus of C on --master")
     parser.add_argument("--out", default=str(RESULTS / "gpu_featurize.json"))
     args = parser.parse_args(argv)
     name = gpu_name()
@@ -85,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             for p in precisions:
                 for bs in batches:
                     extra = ["--layout", "{label}/**", "--set", f"featurizer.batch_size={bs}", "--set", f"featurizer.precision={p}", "--set", f"featurizer.fetch_threads={args.fetch_threads}"]
-                    with tempfile.TemporaryDirectory() as tmp:
+                    extra += ["--set", f"job.rows_per_task={8 * bs}"]  # tasks of at least 8 batches: batch 256 and 512 differ
+                    if args.master:
+                        extra += ["--master", args.master, "--set", "spark.executor.resource.gpu.amount=1", "--set", f"featurizer.task_gpus={args.task_gpus}"]
+                    with tempfile.TemporaryDirectory() as tmp, GpuUtilisation() as util:
                         c = fb.vidspark_run(f"s3://bench/{size}", Path(tmp), endpoint, extra, gpu=True)
+                    c["gpu_utilisation_pct"] = util.summary()
                     t = c["tasks"]
                     results["C"][f"{size}/{p}/{bs}"] = c
                     print(

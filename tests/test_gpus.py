@@ -192,3 +192,18 @@ def test_the_gpu_share_is_asked_for_by_the_featurize_stage_alone_where_spark_can
     assert local.profile is None and "local master" in local.note
     both = stage_request(_Spark("yarn", spark__task__resource__gpu__amount="0.25", **gpu), 0.25, 2)
     assert both.profile is None and "every stage holds that GPU share" in both.note
+
+
+@pytest.mark.parametrize("name", ["vtest.avi", "bikes.mp4"])
+def test_several_decoder_threads_per_video_give_the_same_frames(name):
+    """conf/gpu.yaml's video.decode_threads (FFmpeg threads per video, so a GPU task decodes on several cores): same frames as one."""
+    from pathlib import Path
+
+    from vidspark.config import VideoConf
+    from vidspark.video import decode_frames
+
+    path = Path(__file__).parent / "data" / "real" / name
+    one = list(decode_frames(str(path), VideoConf(decode_threads=1, max_frames=60), size=32))
+    two = list(decode_frames(str(path), VideoConf(decode_threads=2, max_frames=60), size=32))
+    assert len(one) == len(two) == 60
+    assert [f.idx for f in one] == [f.idx for f in two] and all(np.array_equal(a.pixels, b.pixels) for a, b in zip(one, two, strict=True))
