@@ -146,13 +146,15 @@ def _worker_rss_mb() -> float:
     return best
 
 
-def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str], *, gpu: bool = False) -> dict[str, Any]:
+def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str], *, gpu: bool = False, conf: Path = ROOT / "conf" / "local.yaml", concurrency: int | None = None) -> dict[str, Any]:
     """C: `vidspark featurize` in its own process; job time from its run record, peak worker RSS sampled.
 
     Also the CPU time this process spent meanwhile: the S3 server runs in it, so that is what serving
-    the objects cost (on this machine it comes out of the same cores as the model).
+    the objects cost (on this machine it comes out of the same cores as the model). ``concurrency``:
+    how many featurize tasks run at once (default: the run's CPU task slots; on GPUs, fewer: a
+    task's GPU share decides), for the in-task rate.
     """
-    argv = [sys.executable, "-m", "vidspark", "featurize", "--input", uri, "--output", str(out / "features"), "--run-id", "bench", "--conf", str(ROOT / "conf" / "local.yaml")]
+    argv = [sys.executable, "-m", "vidspark", "featurize", "--input", uri, "--output", str(out / "features"), "--run-id", "bench", "--conf", str(conf)]
     argv += ["--set", "featurizer.weights=random", "--set", f"storage.endpoint_url={endpoint}", *extra]
     env = dict(os.environ) if gpu else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     peak = 0.0
@@ -174,7 +176,7 @@ def vidspark_run(uri: str, out: Path, endpoint: str, extra: list[str], *, gpu: b
     t = record["summary"]["timings"]
     tasks = record["summary"]["tasks"]
     job = sum(v for k, v in t.items())
-    slots = record["summary"]["task_slots"]
+    slots = concurrency or record["summary"]["task_slots"]
     frames = record["summary"]["featurized"]
     return {
         "frames": frames,

@@ -8,9 +8,12 @@ TensorFlow sees no GPU.
 - **A** (measured after C, so that this process's model does not hold GPU memory while C's
   workers run): vidspark's compiled ResNet50 call on decoded 224x224 frames, per batch size, in float32 and
   in mixed precision (float16 and bfloat16), optionally XLA (``--xla``);
-- **C**: ``vidspark featurize`` on ``local[*]`` (or, with ``--master spark://...``, on a standalone
-  cluster whose workers offer GPUs: Spark's GPU scheduling, one GPU per executor, the featurize
-  stage asking for ``--task-gpus``) from a local S3 server (JPEGs, 640x480 and 1920x1080), per
+- **C**: ``vidspark featurize --conf conf/gpu.yaml`` (the shipped GPU conf; the discovery script
+  is this checkout's ``scripts/get_gpus_resources.sh``) on a standalone cluster whose workers offer
+  GPUs (``--master spark://...``: Spark's GPU scheduling, one GPU per executor, the featurize stage
+  asking for ``--task-gpus``, as in production). Without ``--master`` it runs on ``local[N]``, N =
+  1 / ``--task-gpus`` tasks sharing the GPU (local mode schedules no GPUs: placement and stage-level
+  scheduling are not exercised there, and the results say so). From a local S3 server (JPEGs, 640x480 and 1920x1080), per
   batch size and precision, tasks of at least 8 batches (``job.rows_per_task`` = 8 x batch), GPU
   utilisation sampled from nvidia-smi, with where the time goes from the run record's task timings:
   time in model calls, time the model thread waited for frames (decode could not keep up), and
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DISCOVERY = ROOT / "scripts" / "get_gpus_resources.sh"
 
 
 def gpu_name() -> str | None:
@@ -117,7 +121,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     batches = [int(b) for b in args.batch_sizes.split(",")]
     precisions = args.precisions.split(",")
-    results: dict[str, Any] = {"gpu": name, "A": {}, "C": {}}
+    import tensorflow as tf
+
+    build = tf.sysconfig.get_build_info()
+    per_gpu = max(1, round(1 / args.task_gpus))  # featurize tasks sharing one GPU at a time
+    master = args.master or f"local[{per_gpu}]"
+    if not args.master:
+        print(f"gpu_featurize: no --master: C runs on {master} (no GPU scheduling: placement and the stage's GPU profile are not exercised)", file=sys.stderr)
+    results: dict[str, Any] = {
+        "gpu": name,
+        "cuda": build.get("cuda_version"),
+        "cudnn": build.get("cudnn_version"),
+        "master": master,
+        "spark_gpu_scheduling": bool(args.master),
+        "task_gpus": args.task_gpus,
+        "tasks_per_gpu": per_gpu,
+        "A": {},
+        "C": {},
+    }
     server, endpoint, names = fb.serve_archive([tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")], args.per_size)
     try:
         for size in names:
@@ -125,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 for bs in batches:
                     extra = ["--layout", "{label}/**", "--set", f"featurizer.batch_size={bs}", "--set", f"featurizer.precision={p}", "--set", f"featurizer.fetch_threads={args.fetch_threads}"]
                     extra += ["--set", f"job.rows_per_task={8 * bs}"]  # tasks of at least 8 batches: batch 256 and 512 differ
-                    if args.master:
-                        extra += ["--master", args.master, "--set", "spark.executor.resource.gpu.amount=1", "--set", f"featurizer.task_gpus={args.task_gpus}"]
+                    extra += ["--master", master, "--set", f"featurizer.task_gpus={args.task_gpus}", "--set", f"spark.executor.resource.gpu.discoveryScript={DISCOVERY}"]
                     with tempfile.TemporaryDirectory() as tmp, GpuUtilisation() as util:
-                        c = fb.vidspark_run(f"s3://bench/{size}", Path(tmp), endpoint, extra, gpu=True)
+                        c = fb.vidspark_run(f"s3://bench/{size}", Path(tmp), endpoint, extra, gpu=True, conf=ROOT / "conf" / "gpu.yaml", concurrency=per_gpu)
                     c["gpu_utilisation_pct"] = util.summary()
                     t = c["tasks"]
                     results["C"][f"{size}/{p}/{bs}"] = c

@@ -33,11 +33,17 @@ VIDSPARK = str(Path(sys.executable).with_name("vidspark"))
 UUIDS = ["GPU-5f3a9c1e-0000-4000-8000-00000000000a", "GPU-5f3a9c1e-0000-4000-8000-00000000000b"]
 
 
-def standalone(work: Path, addresses: list[str]):
-    """A master and a worker of 2 cores whose two GPUs a discovery script reports as ``addresses``."""
+def standalone(work: Path, addresses: list[str], *, visible: str | None = None):
+    """A master and a worker of 2 cores whose two GPUs a discovery script reports as ``addresses``.
+
+    ``visible``: the worker's (and so its executors') ``CUDA_VISIBLE_DEVICES``, and the shipped
+    ``scripts/get_gpus_resources.sh`` discovers the GPUs from it instead of a script printing ``addresses``.
+    """
     script = work / "gpus.sh"
     script.write_text("#!/usr/bin/env bash\n" + f"echo '{json.dumps({'name': 'gpu', 'addresses': addresses})}'\n")
     script.chmod(0o755)
+    if visible is not None:
+        script = ROOT / "scripts" / "get_gpus_resources.sh"
     port, ui, wui = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "CUDA_VISIBLE_DEVICES")}
     env.update(
@@ -48,6 +54,8 @@ def standalone(work: Path, addresses: list[str]):
             "SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount=2 -Dspark.worker.resource.gpu.discoveryScript={script}",
         }
     )
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
     cls = str(SPARK_HOME / "bin" / "spark-class")
     logs = [open(work / "master.log", "w"), open(work / "worker.log", "w")]  # noqa: SIM115 - closed by the caller's stop()
     master = subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)], env=env, stdout=logs[0], stderr=subprocess.STDOUT)
@@ -140,6 +148,28 @@ def test_one_gpu_per_executor_narrows_each_worker_to_its_uuid(tmp_path):
         assert p["address"] in UUIDS and p["mode"] == "narrow", p
         assert p["visible"] == p["address"] and p["tf_device"] == "/GPU:0", p  # CUDA_VISIBLE_DEVICES named this GPU alone before TensorFlow started
     assert {p["address"] for p in placed} == set(UUIDS)  # two executors, one GPU each: both used
+
+
+def test_uuids_from_the_shipped_discovery_script_shared_by_tasks_warm_up_included(tmp_path):
+    """CUDA_VISIBLE_DEVICES lists two GPU UUIDs for the worker (as a resource manager sets it); scripts/get_gpus_resources.sh
+    reports them as written; executors of 2 GPUs, half a GPU per featurize task, the warm-up on: each task's model goes to
+    the TensorFlow index of its UUID in that list, and the warm-up ran under the featurize stage's GPU profile."""
+    url, stop = standalone(tmp_path, [], visible=",".join(UUIDS))
+    try:
+        sets = ["spark.executor.resource.gpu.amount=2", "spark.executor.cores=2", "spark.task.cpus=1", "featurizer.task_gpus=0.5", "featurizer.task_cpus=1", "featurizer.warm_up=true"]
+        summary = featurize(url, tmp_path, "uuids", sets)
+    finally:
+        stop()
+    placed = summary["executor_gpus"]
+    print(json.dumps(placed))
+    assert placed, summary
+    for p in placed:
+        assert p["address"] in UUIDS and p["mode"] == "shared" and p["visible"] == ",".join(UUIDS), p  # the worker's list, left whole
+        assert p["tf_device"] == f"/GPU:{UUIDS.index(p['address'])}", p  # TensorFlow numbers the listed GPUs 0, 1 in that order
+    assert summary["tasks"].get("workers_warmed", 0) >= 1, summary["tasks"]
+    profiles, stages = stage_profiles(tmp_path / "events")
+    gpu_profiles = {pid for pid, req in profiles.items() if req.get("gpu") == 0.5}
+    assert len([s for s in stages if s[2] in gpu_profiles]) >= 2, stages  # the warm-up and the featurize stage, both under the GPU share
 
 
 def stage_profiles(events: Path) -> tuple[dict[int, dict], list[tuple[int, str, int]]]:

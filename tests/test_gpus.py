@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import numpy as np
@@ -31,6 +33,8 @@ def test_one_gpu_per_executor_narrows_the_worker_to_it():
         p = placement(address, executor_gpus=1)
         assert (p.mode, p.visible, p.tf_index) == ("narrow", address, 0)
     assert placement("3", executor_gpus=1, inherited="2,3").visible == "3"  # Spark's addresses are nvidia-smi's (physical) ids
+    with pytest.raises(ConfigError, match="does not list it.*as written"):  # a renumbering discovery script would hand out GPU 0 here
+        placement("0", executor_gpus=1, inherited="2,3")
     with pytest.raises(ConfigError, match="hides every GPU"):
         placement("0", executor_gpus=1, inherited="")
     assert placement(None, executor_gpus=1).mode == "none"
@@ -136,6 +140,56 @@ def test_the_warm_up_call_has_the_shape_of_every_call_on_a_gpu(monkeypatch):
     assert model.fixed_shape and calls == [(4, 4)]
 
 
+def test_with_batch_size_auto_a_gpu_sees_only_the_chosen_shape_warm_up_included(tmp_path, monkeypatch):
+    """A calibration cached for this GPU: no warm-up at another size, one call at the chosen one before any task's."""
+    monkeypatch.setattr(backbone, "gpu_details", lambda tf, device: {"name": "Fake GPU", "compute_capability": [8, 0]})
+    conf = FeaturizerConf(weights="random", image_size=32, batch_size=0, precision="float32", threads=1, cache_dir=str(tmp_path))
+    key = backbone.Featurizer(dataclasses.replace(conf, batch_size=4)).hardware_key(backbone.cpu_info())  # batch_size is not in the key
+    (tmp_path / backbone.CALIBRATION_FILE).write_text(json.dumps({key: {"batch_size": 8, "fps_by_batch": {"8": 1.0}}}))
+    calls = []
+    original = backbone.Featurizer._call
+    monkeypatch.setattr(backbone.Featurizer, "_call", lambda self, images, bs: calls.append((len(images), bs)) or original(self, images, bs))
+    model = backbone.Featurizer(conf)
+    assert (model.batch_size, model.calibration["source"], calls) == (8, "cached", [(8, 8)])
+    calls.clear()
+    shapes = []
+    fn = model._fn
+    monkeypatch.setattr(model, "_fn", lambda x: shapes.append(tuple(x.shape)) or fn(x))
+    assert model(_scenes(11)).shape == (11, backbone.FEATURE_DIM)
+    assert shapes == [(8, 32, 32, 3), (8, 32, 32, 3)]  # the tail of 3 padded to the one shape
+
+
+def test_a_calibration_where_not_even_the_smallest_batch_fits_fails_the_task(tiny, monkeypatch):
+    def oom(images, bs):
+        raise DeviceError(f"out of memory in a batch of {bs} frames", out_of_memory=True)
+
+    monkeypatch.setattr(tiny, "_call", oom)
+    with pytest.raises(DeviceError, match="batch of 32 frames") as err:
+        tiny.calibrate(candidates=(32, 64))
+    assert err.value.out_of_memory
+
+    def second_oom(images, bs):  # 32 fits, 64 does not: 32 is kept
+        if bs == 64:
+            raise DeviceError("out of memory", out_of_memory=True)
+
+    monkeypatch.setattr(tiny, "_call", second_oom)
+    assert tiny.calibrate(candidates=(32, 64), min_frames=32)["batch_size"] == 32
+
+
+def test_a_device_fault_while_loading_weights_is_a_device_error_not_a_bad_file(tmp_path, monkeypatch):
+    tf = backbone.import_tensorflow()
+    weights = tmp_path / "resnet50_notop.h5"
+    weights.write_bytes(b"not read")
+
+    def oom(**kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[7,7,512,2048]")
+
+    monkeypatch.setattr(tf.keras.applications, "ResNet50", oom)
+    with pytest.raises(DeviceError, match="out of memory on the CPU") as err:
+        backbone.Featurizer(FeaturizerConf(weights=str(weights), image_size=32, batch_size=4, precision="float32", threads=1))
+    assert err.value.out_of_memory
+
+
 def test_a_device_fault_fails_the_task_naming_the_device_the_batch_and_what_to_lower(tiny, monkeypatch):
     tf = tiny._tf
 
@@ -158,6 +212,9 @@ def test_a_device_fault_fails_the_task_naming_the_device_the_batch_and_what_to_l
     with pytest.raises(DeviceError, match=r"device error on GPU 1 \(Fake GPU, /CPU:0\) in a batch of 3 frames: CUDA_ERROR_ILLEGAL_ADDRESS.*Spark retries it") as err:
         tiny(_scenes(3))
     assert not err.value.out_of_memory
+    monkeypatch.setattr(tiny, "_fn", lambda x: (_ for _ in ()).throw(tf.errors.FailedPreconditionError(None, None, "cuDNN launch failure")))
+    with pytest.raises(DeviceError, match="device error on GPU 1 .*cuDNN launch failure"):  # any runtime error of the call: inputs are checked before
+        tiny(_scenes(3))
     # on the driver, the executor's traceback becomes the one line and exit code 5
     found = known_failure(RuntimeError(f"Traceback ...\nvidspark.errors.DeviceError: {err.value}\n"))
     assert isinstance(found, DeviceError) and found.exit_code == 5

@@ -194,7 +194,9 @@ def test_gpu_dry_run_has_the_gpu_settings_and_the_discovery_script_works(checkou
     assert "spark.task.resource.gpu.amount" not in confs  # the featurize stage asks for its GPU share itself (featurizer.task_gpus)
     assert confs["spark.executor.resource.gpu.discoveryScript"][0].startswith("/")  # on the nodes: discovery runs before --files arrive
     script = ROOT / "scripts" / "get_gpus_resources.sh"
-    for visible, addresses in (("2,3", ["0", "1"]), ("-1", []), ("", [])):
+    uuids = ["GPU-5f3a9c1e-0000-4000-8000-00000000000a", "GPU-5f3a9c1e-0000-4000-8000-00000000000b"]
+    # the entries CUDA_VISIBLE_DEVICES lists, as written (the GPUs vidspark narrows each worker to), never renumbered
+    for visible, addresses in (("2,3", ["2", "3"]), (" , ".join(uuids), uuids), ("-1", []), ("", [])):
         out = subprocess.run([str(script)], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
         assert out.returncode == 0 and json.loads(out.stdout) == {"name": "gpu", "addresses": addresses}, (visible, out.stdout, out.stderr)
 

@@ -317,6 +317,8 @@ def _build(tf: Any, conf: FeaturizerConf, storage: StorageConf | None) -> Any:
     path = _fetch_weights(w, conf, storage or StorageConf()) if w.startswith("s3://") else str(Path(w).expanduser())
     try:
         return tf.keras.applications.ResNet50(include_top=False, weights=path, pooling="avg", input_shape=shape)
+    except tf.errors.OpError:  # the device failed (out of memory, CUDA), not the file: a DeviceError, by the caller
+        raise
     except Exception as exc:  # h5py/keras raise several classes for a bad file
         raise ModelError(f"cannot load ResNet50 weights from {w!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -376,8 +378,9 @@ class Featurizer:
         self.versions = f"tensorflow {tf.__version__}, keras {tf.keras.__version__}"
         self.threads = conf.threads or task_cpus() or tf.config.threading.get_intra_op_parallelism_threads() or cpu["cores"]
         t1 = time.perf_counter()
-        warm = conf.batch_size if conf.batch_size and self.fixed_shape else min(conf.batch_size or 2, 2)  # the shape every call will have
-        self._call(np.zeros((warm, conf.image_size, conf.image_size, 3), np.uint8), conf.batch_size or 2)
+        if conf.batch_size or not self.fixed_shape:  # a fixed shape with batch_size auto is first traced at the size chosen below
+            warm = conf.batch_size if self.fixed_shape else min(conf.batch_size or 2, 2)  # the shape every call will have
+            self._call(np.zeros((warm, conf.image_size, conf.image_size, 3), np.uint8), conf.batch_size or 2)
         self.warm_s = time.perf_counter() - t1  # tracing and graph optimisation of the first call
         self.calibration: dict[str, Any] = {"batch_size": conf.batch_size, "source": "featurizer.batch_size"}
         self.calibrate_s = 0.0
@@ -386,6 +389,10 @@ class Featurizer:
             self.calibration = self._calibrated(cpu)
             self.batch_size = int(self.calibration["batch_size"])
             self.calibrate_s = time.perf_counter() - t2
+            if self.fixed_shape and self.calibration["source"] == "cached":  # a measured one already ran this shape
+                t3 = time.perf_counter()
+                self._call(np.zeros((self.batch_size, conf.image_size, conf.image_size, 3), np.uint8), self.batch_size)
+                self.warm_s += time.perf_counter() - t3
 
     def hardware_key(self, cpu: dict[str, Any]) -> str:
         """What a calibration holds for: device model, precision, threads, input size, TensorFlow."""
@@ -434,7 +441,7 @@ class Featurizer:
                     done += bs
                 fps[bs] = done / (time.perf_counter() - t0)
             except DeviceError as exc:
-                if not exc.out_of_memory:
+                if not exc.out_of_memory or not fps:  # not even the smallest batch fits: the task fails, saying what to lower
                     raise
                 break
             best = max(fps.values())
@@ -459,7 +466,7 @@ class Featurizer:
                     chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.uint8)])
                 try:
                     out.append(self._fn(self._tf.constant(chunk)).numpy()[:n])
-                except (self._tf.errors.ResourceExhaustedError, self._tf.errors.InternalError, self._tf.errors.UnknownError, self._tf.errors.UnavailableError, self._tf.errors.AbortedError) as exc:
+                except self._tf.errors.OpError as exc:  # the input is a checked uint8 batch of one shape: any runtime error here is the device's
                     forget(self)  # nothing in this process may use a model whose device failed
                     raise self._device_error(exc, len(chunk)) from exc
         return np.concatenate(out, axis=0)
@@ -471,7 +478,7 @@ class Featurizer:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         if oom:
             hint = (
-                f"lower featurizer.batch_size (now {self.batch_size or 'auto'}) or give each task a larger GPU share (spark.task.resource.gpu.amount: fewer tasks per GPU)"
+                f"lower featurizer.batch_size (now {self.batch_size or 'auto'}) or give each task a larger GPU share (featurizer.task_gpus, now {self.conf.task_gpus or 'auto'}: fewer tasks per GPU)"
                 if self.gpu is not None
                 else f"lower featurizer.batch_size (now {self.batch_size or 'auto'}) or give executors more memory"
             )

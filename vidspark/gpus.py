@@ -1,8 +1,8 @@
 """Which GPU a featurize task's model runs on, and which GPUs its Python worker sees (no TensorFlow here).
 
 Spark hands each task the addresses of its GPUs (``TaskContext.resources()["gpu"]``), as the
-discovery script printed them: ``nvidia-smi`` indices (physical, whatever ``CUDA_VISIBLE_DEVICES``
-says), GPU UUIDs (``GPU-8d3c...``) or MIG instances (``MIG-...``).
+discovery script printed them: ``nvidia-smi`` indices (physical; where ``CUDA_VISIBLE_DEVICES`` already
+narrowed the executor, its entries as written, which ``scripts/get_gpus_resources.sh`` prints), GPU UUIDs (``GPU-8d3c...``) or MIG instances (``MIG-...``).
 
 - **narrow** (an executor with one GPU: ``spark.executor.resource.gpu.amount`` 1, the shape
   ``conf/gpu.yaml`` asks for): before TensorFlow starts in the Python worker,
@@ -87,6 +87,12 @@ def placement(address: str | None, *, executor_gpus: float, inherited: str | Non
     if address is None:
         return Placement(None, "none", None, None)
     addr = parse_address(address)
+    listed = [v.strip() for v in inherited.split(",")] if inherited and inherited.strip() not in ("", "-1") else None
+    if listed is not None and addr.raw not in listed:  # an address outside what the executor may use: another job's GPU
+        raise ConfigError(
+            f"Spark assigned GPU {addr.raw} but this executor's CUDA_VISIBLE_DEVICES={inherited!r} does not list it: the discovery script must print "
+            "the entries of CUDA_VISIBLE_DEVICES as written (scripts/get_gpus_resources.sh does), not renumber them"
+        )
     if executor_gpus <= 1:
         if inherited is not None and inherited.strip() in ("", "-1") and "VIDSPARK_GPU_SIMULATE" not in os.environ:
             raise ConfigError(
@@ -98,10 +104,7 @@ def placement(address: str | None, *, executor_gpus: float, inherited: str | Non
             f"Spark assigned the MIG instance {addr.raw} to an executor of {executor_gpus:g} GPUs: a process can use one MIG instance only, so give each "
             "executor one (spark.executor.resource.gpu.amount=1; vidspark then narrows each Python worker to it)"
         )
-    listed = [v.strip() for v in inherited.split(",")] if inherited and inherited.strip() not in ("", "-1") else None
     if listed is not None:  # TensorFlow numbers the listed GPUs 0, 1, ... in that order
-        if addr.raw not in listed:
-            raise ConfigError(f"Spark assigned GPU {addr.raw} but this executor's CUDA_VISIBLE_DEVICES={inherited!r} does not list it")
         return Placement(addr.raw, "shared", None, listed.index(addr.raw))
     if addr.kind == "index":
         return Placement(addr.raw, "shared", None, int(addr.raw))
