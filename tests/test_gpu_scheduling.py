@@ -39,11 +39,12 @@ def standalone(work: Path, addresses: list[str], *, visible: str | None = None):
     ``visible``: the worker's (and so its executors') ``CUDA_VISIBLE_DEVICES``, and the shipped
     ``scripts/get_gpus_resources.sh`` discovers the GPUs from it instead of a script printing ``addresses``.
     """
-    script = work / "gpus.sh"
-    script.write_text("#!/usr/bin/env bash\n" + f"echo '{json.dumps({'name': 'gpu', 'addresses': addresses})}'\n")
-    script.chmod(0o755)
     if visible is not None:
         script = ROOT / "scripts" / "get_gpus_resources.sh"
+    else:
+        script = work / "gpus.sh"
+        script.write_text("#!/usr/bin/env bash\n" + f"echo '{json.dumps({'name': 'gpu', 'addresses': addresses})}'\n")
+        script.chmod(0o755)
     port, ui, wui = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "CUDA_VISIBLE_DEVICES")}
     env.update(
@@ -113,19 +114,26 @@ def featurize(url: str, work: Path, run_id: str, sets: list[str]) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("task_amount", ["0.5", "1"])
-def test_two_gpus_per_executor_each_task_on_the_gpu_spark_gave_it(tmp_path, task_amount):
-    """The issue's shape: 2 GPUs per executor, half a GPU per task (Spark fills GPU 0 first), and a whole GPU per
-    task (two tasks at once hold both): shared placement, model on /GPU:<address>."""
-    url, stop = standalone(tmp_path, ["0", "1"])
+def placed_on(work: Path, addresses: list[str], run_id: str, sets: list[str], *, visible: str | None = None) -> tuple[dict, list[dict]]:
+    """featurize on a fresh standalone cluster (:func:`standalone`): the run summary and where each task's model went."""
+    url, stop = standalone(work, addresses, visible=visible)
     try:
-        sets = ["spark.executor.resource.gpu.amount=2", f"spark.task.resource.gpu.amount={task_amount}", "spark.executor.cores=2", "spark.task.cpus=1"]
-        summary = featurize(url, tmp_path, "shared", sets)
+        summary = featurize(url, work, run_id, sets)
     finally:
         stop()
     placed = summary["executor_gpus"]
     print(json.dumps(placed))
-    assert placed and sum(p["tasks"] for p in placed) >= 6, placed  # every featurize task recorded where its model went
+    assert placed, summary  # every featurize task recorded where its model went
+    return summary, placed
+
+
+@pytest.mark.parametrize("task_amount", ["0.5", "1"])
+def test_two_gpus_per_executor_each_task_on_the_gpu_spark_gave_it(tmp_path, task_amount):
+    """The issue's shape: 2 GPUs per executor, half a GPU per task (Spark fills GPU 0 first), and a whole GPU per
+    task (two tasks at once hold both): shared placement, model on /GPU:<address>."""
+    sets = ["spark.executor.resource.gpu.amount=2", f"spark.task.resource.gpu.amount={task_amount}", "spark.executor.cores=2", "spark.task.cpus=1"]
+    _, placed = placed_on(tmp_path, ["0", "1"], "shared", sets)
+    assert sum(p["tasks"] for p in placed) >= 6, placed  # every featurize task recorded where its model went
     for p in placed:
         assert p["address"] in ("0", "1") and p["mode"] == "shared", p
         assert p["tf_device"] == f"/GPU:{p['address']}" and p["device"] == "/CPU:0", p  # chosen from the address; run on the CPU here
@@ -136,14 +144,7 @@ def test_two_gpus_per_executor_each_task_on_the_gpu_spark_gave_it(tmp_path, task
 
 def test_one_gpu_per_executor_narrows_each_worker_to_its_uuid(tmp_path):
     """One GPU per executor (conf/gpu.yaml's shape), UUID addresses: each worker sees its GPU alone, /GPU:0."""
-    url, stop = standalone(tmp_path, UUIDS)
-    try:
-        summary = featurize(url, tmp_path, "narrow", ["spark.executor.resource.gpu.amount=1", "spark.task.resource.gpu.amount=1", "spark.executor.cores=1", "spark.task.cpus=1"])
-    finally:
-        stop()
-    placed = summary["executor_gpus"]
-    print(json.dumps(placed))
-    assert placed, summary
+    _, placed = placed_on(tmp_path, UUIDS, "narrow", ["spark.executor.resource.gpu.amount=1", "spark.task.resource.gpu.amount=1", "spark.executor.cores=1", "spark.task.cpus=1"])
     for p in placed:
         assert p["address"] in UUIDS and p["mode"] == "narrow", p
         assert p["visible"] == p["address"] and p["tf_device"] == "/GPU:0", p  # CUDA_VISIBLE_DEVICES named this GPU alone before TensorFlow started
@@ -154,15 +155,8 @@ def test_uuids_from_the_shipped_discovery_script_shared_by_tasks_warm_up_include
     """CUDA_VISIBLE_DEVICES lists two GPU UUIDs for the worker (as a resource manager sets it); scripts/get_gpus_resources.sh
     reports them as written; executors of 2 GPUs, half a GPU per featurize task, the warm-up on: each task's model goes to
     the TensorFlow index of its UUID in that list, and the warm-up ran under the featurize stage's GPU profile."""
-    url, stop = standalone(tmp_path, [], visible=",".join(UUIDS))
-    try:
-        sets = ["spark.executor.resource.gpu.amount=2", "spark.executor.cores=2", "spark.task.cpus=1", "featurizer.task_gpus=0.5", "featurizer.task_cpus=1", "featurizer.warm_up=true"]
-        summary = featurize(url, tmp_path, "uuids", sets)
-    finally:
-        stop()
-    placed = summary["executor_gpus"]
-    print(json.dumps(placed))
-    assert placed, summary
+    sets = ["spark.executor.resource.gpu.amount=2", "spark.executor.cores=2", "spark.task.cpus=1", "featurizer.task_gpus=0.5", "featurizer.task_cpus=1", "featurizer.warm_up=true"]
+    summary, placed = placed_on(tmp_path, [], "uuids", sets, visible=",".join(UUIDS))
     for p in placed:
         assert p["address"] in UUIDS and p["mode"] == "shared" and p["visible"] == ",".join(UUIDS), p  # the worker's list, left whole
         assert p["tf_device"] == f"/GPU:{UUIDS.index(p['address'])}", p  # TensorFlow numbers the listed GPUs 0, 1 in that order
@@ -189,14 +183,9 @@ def stage_profiles(events: Path) -> tuple[dict[int, dict], list[tuple[int, str, 
 def test_only_the_featurize_stage_asks_for_a_gpu(tmp_path):
     """Executors with a GPU each, no global task GPU amount: featurizer.task_gpus becomes the featurize stage's own
     ResourceProfile; every other stage (listing, parse, diff, group-bys, writes) runs on the default profile, holding no GPU."""
-    url, stop = standalone(tmp_path, ["0", "1"])
-    try:
-        sets = ["spark.executor.resource.gpu.amount=1", "spark.executor.cores=1", "spark.task.cpus=1", "featurizer.task_gpus=0.5", "featurizer.task_cpus=1"]
-        summary = featurize(url, tmp_path, "stage", sets)
-    finally:
-        stop()
-    placed = summary["executor_gpus"]
-    assert placed and {p["address"] for p in placed} <= {"0", "1"} and all(p["mode"] == "narrow" and p["visible"] == p["address"] for p in placed), placed
+    sets = ["spark.executor.resource.gpu.amount=1", "spark.executor.cores=1", "spark.task.cpus=1", "featurizer.task_gpus=0.5", "featurizer.task_cpus=1"]
+    _, placed = placed_on(tmp_path, ["0", "1"], "stage", sets)
+    assert {p["address"] for p in placed} <= {"0", "1"} and all(p["mode"] == "narrow" and p["visible"] == p["address"] for p in placed), placed
     profiles, stages = stage_profiles(tmp_path / "events")
     gpu_profiles = {pid for pid, req in profiles.items() if req.get("gpu") == 0.5 and req.get("cpus") == 1}
     assert gpu_profiles and all(pid != 0 for pid in gpu_profiles), profiles
