@@ -12,7 +12,7 @@ import pytest
 
 from vidspark.inventory import UNKNOWN_CAMERA, Selection, build_inventory
 from vidspark.layout import Layout
-from vidspark.listing import list_prefix
+from vidspark.listing import Resolved, list_prefix, listing_pandas
 from vidspark.schemas import LISTING_SCHEMA
 from vidspark.storage import ObjectInfo, parse_uri
 
@@ -38,14 +38,31 @@ class Inv:
         return self.counts["unselected"]
 
 
+def python_nodes(df) -> list[str]:
+    """The physical plan's nodes that run Python (a pandas UDF, mapInPandas): each needs Python workers."""
+    plan = df._jdf.queryExecution().executedPlan().toString()
+    return [line.strip() for line in plan.splitlines() if "Python" in line or "ArrowEval" in line or "MapInArrow" in line or "MapInPandas" in line]
+
+
 @pytest.fixture()
-def inventory(spark):
-    """``inventory(objects, layout, **kw)``: build the inventory of these listed objects on Spark, rows as pandas (UTC)."""
+def inventory(spark, request):
+    """``inventory(objects, layout, **kw)``: build the inventory of these listed objects on Spark, rows as pandas (UTC).
+
+    Keys parsed on the driver (a listing small enough for the driver to make,
+    :func:`vidspark.listing.list_on_driver`), or on the executors where a test is parametrized with
+    ``executors``: the tests so marked hold for both.
+    """
+    where = getattr(request, "param", "driver")
 
     def run(objs: list[ObjectInfo], layout: Layout, **kw: Any) -> Inv:
         data = [(o.uri, o.rel_key, o.size, o.etag, o.last_modified) for o in objs]
         listing = spark.createDataFrame(data, schema=LISTING_SCHEMA)
-        inv = build_inventory(listing, layout, **kw)
+        local = listing_pandas(Resolved([], objs)) if where == "driver" else None
+        inv = build_inventory(listing, layout, local=local, **kw)
+        if local is not None and kw.get("gap_seconds") is None:
+            assert python_nodes(inv.parsed) == [] and python_nodes(inv.rows) == []  # keys parsed here: no Python worker needed
+        elif local is None:
+            assert python_nodes(inv.parsed)  # the check above can fail
         try:
             rows = inv.rows.toPandas()
             rows["frame_ts"] = pd.to_datetime(rows["frame_ts"]).dt.tz_localize(spark.conf.get("spark.sql.session.timeZone")).dt.tz_convert("UTC")
@@ -58,6 +75,7 @@ def inventory(spark):
     return run
 
 
+@pytest.mark.parametrize("inventory", ["executors", "driver"], indirect=True)
 def test_frame_folders_follow_file_name_order_even_when_uploaded_out_of_order(inventory):
     # frame_10 was uploaded before frame_2: order follows the file names, and the folder has one time (its earliest)
     objs = [obj("cam1/v1/frame_2.jpg", 5), obj("cam1/v1/frame_10.jpg", 1), obj("cam1/v1/frame_1.jpg", 0.5), obj("cam1/v2/a.jpg", 3)]
@@ -95,6 +113,7 @@ def test_a_still_named_like_a_video_beside_it_is_a_video_of_its_own(inventory):
     assert rows["video_id"].nunique() == 3
 
 
+@pytest.mark.parametrize("inventory", ["executors", "driver"], indirect=True)
 def test_layout_ts_and_defaults_and_mismatches(inventory):
     objs = [obj("car/x.jpg", 0), obj("stray.jpg", 0), obj("person/y.jpg", 0)]
     inv = inventory(objs, Layout("{label}/**"))
@@ -106,6 +125,7 @@ def test_layout_ts_and_defaults_and_mismatches(inventory):
     assert ts_inv.rows.loc[0, "frame_ts"] == datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc)
 
 
+@pytest.mark.parametrize("inventory", ["executors", "driver"], indirect=True)
 def test_date_folders_select_by_day_and_scope_frame_folders(inventory):
     # {date} folders hold the frame folders: a folder named the same on two days is two frame sequences
     layout = Layout("{camera_id}/{date}/{video_id}/**")
@@ -140,6 +160,7 @@ def test_broken_link_is_listed_not_dropped(tmp_path):
     assert keys == ["car/dangling.jpg", "car/ok.jpg"]
 
 
+@pytest.mark.parametrize("inventory", ["executors", "driver"], indirect=True)
 def test_motion_stills_are_grouped_into_events_by_gap(inventory):
     # cam1: 3 frames 2 s apart, a 40 s pause, 2 frames; cam2 interleaved in time but its own events
     times = {"cam1": [0, 2, 4, 44, 45], "cam2": [1, 3, 100]}

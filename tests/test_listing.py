@@ -16,8 +16,8 @@ from vidspark.cli import main
 from vidspark.config import StorageConf
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout
-from vidspark.listing import WILD, listing_frame, make_children, plan_listing, resolve
-from vidspark.storage import parse_uri
+from vidspark.listing import WILD, list_on_driver, listing_frame, listing_pandas, make_children, plan_listing, resolve
+from vidspark.storage import make_s3_client, parse_uri
 from vidspark.synthetic import S3Sink, jpeg_bytes, scene
 
 SINCE = datetime(2026, 11, 21, tzinfo=timezone.utc)
@@ -121,6 +121,35 @@ def test_s3_listing_asks_only_for_the_selected_days(spark, s3_endpoint, s3_clien
     assert _selected_keys(spark, narrowed, layout, selection) == _selected_keys(spark, whole, layout, selection)
 
 
+def test_the_driver_lists_prefixes_while_they_fit_and_leaves_the_rest_to_the_executors(spark, s3_endpoint, day_archive):
+    location = parse_uri(day_archive)
+    plan = plan_listing(Layout(LAYOUT), since=SINCE, until=UNTIL)
+    with FaultProxy(s3_endpoint, error_rate=0, drop_rate=0) as proxy:
+        client = make_s3_client(StorageConf(endpoint_url=proxy.url))
+        resolved = resolve(plan, make_children(location, client, limit=100))  # 3 day prefixes of 4 objects, and readme.txt
+        whole = list_on_driver(location, resolved, client, max_keys=13)
+        part = list_on_driver(location, resolved, client, max_keys=8)  # readme.txt and cam1's 4 fit, cam2's 4 would not
+        none = list_on_driver(location, resolved, client, max_keys=4)
+        asked = [r["prefix"] for r in proxy.list_requests() if not r.get("delimiter")]
+    assert whole.prefixes == [] and whole.driver_listed == 3 and len(whole.direct) == 13
+    assert listing_pandas(whole) is not None and sorted(listing_pandas(whole)["key"]) == sorted(o.rel_key for o in whole.direct)
+    assert part.prefixes == ["cam2/2026-11-21/", "cam3/2026-11-21/"] and part.driver_listed == 1 and listing_pandas(part) is None
+    assert sorted(o.rel_key for o in part.direct) == [
+        "cam1/2026-11-21/v1/frame_1.jpg",
+        "cam1/2026-11-21/v1/frame_2.jpg",
+        "cam1/2026-11-21/v2/frame_1.jpg",
+        "cam1/2026-11-21/v2/frame_2.jpg",
+        "readme.txt",
+    ]
+    assert none.prefixes == resolved.prefixes and none.driver_listed == 0 and [o.rel_key for o in none.direct] == ["readme.txt"]
+    # each run stops at the prefix that overflows: it reads that one (at most max_keys + 1 objects) and none after it
+    assert asked == [f"arch/{c}/2026-11-21/" for c in CAMS] + ["arch/cam1/2026-11-21/", "arch/cam2/2026-11-21/", "arch/cam1/2026-11-21/"]
+    # what the executors list of the rest, with what the driver found, is the whole listing
+    for r in (whole, part, none):
+        keys = sorted(row["key"] for row in listing_frame(spark, location, r, StorageConf(endpoint_url=s3_endpoint), parallelism=2).collect())
+        assert keys == sorted(o.rel_key for o in whole.direct)
+
+
 def test_a_level_with_more_children_than_allowed_is_listed_whole(tmp_path, spark):
     for cam in ("a", "b", "c"):
         (tmp_path / cam / "2026-11-21" / "v").mkdir(parents=True)
@@ -152,10 +181,13 @@ def test_nights_by_day_equal_a_run_from_scratch_and_prune_only_what_they_list(sp
         recursive = sorted({r["prefix"] for r in proxy.list_requests() if not r.get("delimiter") and r not in samples})
     assert len(samples) == 2 and {r["prefix"] for r in samples} == {"arch/"}
     assert recursive == sorted(f"arch/{c}/{d}/" for c in CAMS for d in DAYS)  # no listing of the whole archive
-    assert main(["featurize", "--input", day_archive, "--output", str(scratch / "features"), "--run-id", "s", *common], spark=spark) == 0
+    # the nights are small enough for the driver to list; the run from scratch lists on the executors
+    assert main(["featurize", "--input", day_archive, "--output", str(scratch / "features"), "--run-id", "s", *common, "--set", "input.driver_list_max=0"], spark=spark) == 0
     assert _features(spark, nightly) == _features(spark, scratch) and len(_features(spark, scratch)) == 24
     record = json.loads((nightly / "runs" / "n1.json").read_text())["summary"]
     assert record["listing"]["source"] == "live" and record["listing"]["prefixes"] == 3 and record["skipped_unchanged"] == 0
+    assert record["listing"]["driver_listed_prefixes"] == 3
+    assert json.loads((scratch / "runs" / "s.json").read_text())["summary"]["listing"]["driver_listed_prefixes"] == 0
     assert {(p["camera_id"], p["date"]) for p in record["partitions"]} == {(c, "2026-11-21") for c in CAMS}
     # --prune removes what is gone from the prefixes a night lists, and leaves alone what it did not list
     s3_client.delete_object(Bucket=bucket, Key="arch/cam1/2026-11-21/v1/frame_2.jpg")

@@ -88,6 +88,45 @@ def test_a_night_with_nothing_new_runs_few_jobs_and_loads_no_model(spark, tmp_pa
     assert not sc.statusTracker().getJobIdsForGroup("vidspark-warm-up-empty")
 
 
+def test_a_night_that_lists_what_the_last_run_left_runs_no_spark_job(spark, tmp_path):
+    """The listing mark: only a listing and a store exactly as a finished run without errors left them skip the inventory and the diff."""
+    archive, out, n = night_before(spark, tmp_path)
+    sc = spark.sparkContext
+    base = ["run", "--input", str(archive), "--layout", LAYOUT, "--model", str(tmp_path / "model"), "--output", str(out), *RANDOM, "--set", "job.max_error_fraction=0.5"]
+
+    def night(run_id: str, *extra: str) -> tuple[dict, int]:
+        sc.setJobGroup(f"mark-{run_id}", run_id)
+        try:
+            assert main([*base, "--run-id", run_id, *extra], spark=spark) == 0
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+        return json.loads((out / "runs" / f"{run_id}.json").read_text())["summary"]["featurize"], len(sc.statusTracker().getJobIdsForGroup(f"mark-{run_id}"))
+
+    first, jobs = night("n1")  # the store was made by hand: no mark yet, so the whole diff runs
+    assert jobs > 0 and first["skipped_unchanged"] == n and "unchanged_since" not in first["listing"]
+    again, jobs = night("n2")
+    assert jobs == 0 and again["listing"]["unchanged_since"] == "n1"
+    assert {k: again[k] for k in ("listed", "selected", "skipped_unchanged", "videos", "featurized", "error_count", "partitions")} == {
+        k: first[k] for k in ("listed", "selected", "skipped_unchanged", "videos", "featurized", "error_count", "partitions")
+    }
+    # another conf key that decides the outcome, a key that does not fit the layout (an errors row every night), then gone again
+    other, jobs = night("n3", "--set", "video.every_n_frames=2")
+    assert jobs > 0 and "unchanged_since" not in other["listing"]
+    (archive / "stray.jpg").write_bytes(b"x")
+    for run_id in ("n4", "n5"):
+        stray, jobs = night(run_id)
+        assert jobs > 0 and stray["error_count"] == 1 and "unchanged_since" not in stray["listing"]  # no mark after errors: retried
+    (archive / "stray.jpg").unlink()
+    back, jobs = night("n6")
+    assert jobs > 0 and back["error_count"] == 0 and back["skipped_unchanged"] == n
+    # a deletion is a new listing: --prune removes the deleted frame's rows (the last of its folder: no other frame moves)
+    folder = sorted(archive.rglob("*.jpg"))[0].parent
+    sorted(folder.glob("*.jpg"))[-1].unlink()
+    pruned, jobs = night("n8", "--prune")
+    assert jobs > 0 and pruned["pruned_objects"] == 1 and pruned["skipped_unchanged"] == n - 1
+    assert night("n9", "--prune")[1] == 0  # the mark n8 left, after an error-free run that changed the store
+
+
 def test_the_run_and_predict_modules_import_no_model_framework():
     """What the driver of ``run`` and ``predict`` imports, in a fresh interpreter: no TensorFlow, LightGBM or scikit-learn."""
     code = (

@@ -41,6 +41,7 @@ class InputConf:
     date_format: str = "%Y-%m-%d"
     list_parallelism: int = 16  # listing tasks at once (each lists some of the planned prefixes)
     max_list_children: int = 10_000  # a delimiter listing with more children than this is not expanded further
+    driver_list_max: int = 10_000  # a listing of up to this many objects is read and parsed by the driver (no Spark job); 0: always on the executors
     timezone: str = "UTC"  # IANA zone a {ts} without an offset and a {date} are in
     timezones: Mapping[str, str] = field(default_factory=dict)  # camera_id -> IANA zone, over `timezone`
 
@@ -174,6 +175,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "input.list_parallelism": (1, 4096),
     "input.max_list_children": (1, None),
+    "input.driver_list_max": (0, 1_000_000),
     "storage.max_attempts": (1, 50),
     "storage.connect_timeout": (0.1, None),
     "storage.read_timeout": (0.1, None),

@@ -10,20 +10,23 @@ builds the model while videos are probed, and the merged partitions are swapped 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from vidspark import __version__
 from vidspark.backbone import featurizer_id
 from vidspark.config import Conf
 from vidspark.errors import ConfigError
@@ -32,8 +35,8 @@ from vidspark.frames import GPU_KEY, MODEL_KEY, VERSIONS_KEY, TaskStats, with_fe
 from vidspark.gpus import executor_gpus, stage_request
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout, TimeZones
-from vidspark.listing import ListingPlan, listing_frame, make_children, pattern_text, plan_listing, resolve
-from vidspark.outputs import ROW_BYTES_FEATURES, partition_path, recover_table, replace_partitions, rows_per_file, sibling
+from vidspark.listing import Listed, ListingPlan, list_on_driver, listing_frame, listing_pandas, make_children, pattern_text, plan_listing, resolve
+from vidspark.outputs import ROW_BYTES_FEATURES, basename, delete_path, join, partition_path, path_exists, read_text, recover_table, replace_partitions, rows_per_file, sibling, write_json
 from vidspark.progress import Progress
 from vidspark.s3_inventory import inventory_listing, read_manifest
 from vidspark.schemas import FEATURES_SCHEMA, WORK_SCHEMA
@@ -120,14 +123,19 @@ def featurize(
     layout = Layout.from_conf(conf.input)
     sel = selection or Selection()
     plan = plan_listing(layout, since=sel.since, until=sel.until, cameras=sel.cameras, gap_seconds=conf.events.gap_seconds)
-    listing_df, listing = _listing(spark, location, client, plan, conf, inventory=inventory)
-    inv = build_inventory(listing_df, layout, gap_seconds=conf.events.gap_seconds, selection=selection)
+    listed, listing = _listing(spark, location, client, plan, conf, inventory=inventory)
+    feat_id = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
+    mark = None if dry_run else ListingMark.of(spark, output, listed.local, key=_run_key(input_uri, conf, feat_id, sel, plan, prune))
+    if mark is not None and mark.unchanged and not full:
+        return _unchanged_summary(spark, mark, input_uri=input_uri, output=output, errors_output=errors_output or sibling(output, "errors"), featurizer=feat_id, listing=listing, t0=t0)
+    if mark is not None:
+        mark.forget()  # before the store changes: the mark is only ever there for a store that a run finished with that listing
+    inv = build_inventory(listed.df, layout, gap_seconds=conf.events.gap_seconds, selection=selection, local=listed.local)
     with contextlib.ExitStack() as stack:
         stack.callback(inv.unpersist)
         counts = inv.counts()
         if not dry_run:  # a dry run changes nothing
             recover_table(spark, output)  # finish a swap that a killed run left half done, before reading the store
-        feat_id = featurizer_id(conf.featurizer, conf.storage, s3_client=s3_client)
         timings = {"list_s": time.perf_counter() - t0}
         c = counts
         logger.info("listed %d objects under %s (%d selected, %d videos, %d do not fit the layout); featurizer %s", c["listed"], input_uri, c["selected"], c["videos"], c["layout_errors"], feat_id)
@@ -174,6 +182,8 @@ def featurize(
         outcome = _featurize_and_write(spark, work, n_work, conf, feat_id=feat_id, output=output, errors_output=errors_output, run_id=run_id, driver_errors=driver_errors,
                                        n_driver_errors=n_driver_errors, diff=diff, on_partitions=on_partitions, stats=stats, timings=timings, objects=inv.parsed)  # fmt: skip
     n_errors = sum(outcome.errors_by_stage.values())
+    if mark is not None and not n_errors:
+        mark.remember(run_id, {k: counts[k] for k in ("listed", "selected", "videos", "layout_errors")})
     summary = {
         "input": input_uri,
         "features": output,
@@ -206,8 +216,8 @@ def featurize(
     return summary
 
 
-def _listing(spark: SparkSession, location: Location, client: Any, plan: ListingPlan, conf: Conf, *, inventory: str | None) -> tuple[DataFrame, dict[str, Any]]:
-    """The listing DataFrame (live, narrowed by the plan; or an S3 Inventory report filtered by it) and what it did."""
+def _listing(spark: SparkSession, location: Location, client: Any, plan: ListingPlan, conf: Conf, *, inventory: str | None) -> tuple[Listed, dict[str, Any]]:
+    """The listing (live, narrowed by the plan, on the driver while it is small; or an S3 Inventory report filtered by it) and what it did."""
     t0 = time.perf_counter()
     if inventory:
         if location.scheme != "s3":
@@ -221,16 +231,126 @@ def _listing(spark: SparkSession, location: Location, client: Any, plan: Listing
             df = df.where(F.col("key").rlike(plan.regex()))
         m = manifest
         logger.info("listing %s from the S3 Inventory report %s (%s, %d files, made %s): keys matching %s", location.uri, inventory, m.file_format, len(m.files), m.created, plan.describe())
-        return df, {"source": "inventory", "manifest": inventory, "patterns": [pattern_text(p) for p in plan.patterns], "notes": list(plan.notes)}
+        return Listed(df), {"source": "inventory", "manifest": inventory, "patterns": [pattern_text(p) for p in plan.patterns], "notes": list(plan.notes)}
     resolved = resolve(plan, make_children(location, client, limit=conf.input.max_list_children))
     for note in plan.notes:
         logger.info("listing: %s", note)
     where = "the whole input" if resolved.prefixes == [""] else f"{len(resolved.prefixes)} prefixes ({plan.describe()})"
-    at_once = min(len(resolved.prefixes), conf.input.list_parallelism)
-    logger.info("listing %s: %s, %d at a time, after %d delimiter listings (%.2f s)", location.uri, where, at_once, resolved.requests, time.perf_counter() - t0)
+    n_prefixes = len(resolved.prefixes)
+    if conf.input.driver_list_max:
+        resolved = list_on_driver(location, resolved, client, max_keys=conf.input.driver_list_max)
+    local = listing_pandas(resolved)
+    if local is not None:
+        logger.info("listing %s: %s, on the driver: %d objects, %d delimiter listings (%.2f s)", location.uri, where, len(local), resolved.requests, time.perf_counter() - t0)
+    else:
+        at_once = min(len(resolved.prefixes), conf.input.list_parallelism)
+        logger.info(
+            "listing %s: %s, %d on the executors, %d at a time, after %d delimiter listings (%.2f s)", location.uri, where, len(resolved.prefixes), at_once, resolved.requests, time.perf_counter() - t0
+        )
     df = listing_frame(spark, location, resolved, conf.storage, parallelism=conf.input.list_parallelism)
-    info = {"source": "live", "prefixes": len(resolved.prefixes), "delimiter_listings": resolved.requests, "patterns": [pattern_text(p) for p in plan.patterns], "notes": list(plan.notes)}
-    return df, info
+    info = {
+        "source": "live",
+        "prefixes": n_prefixes,
+        "driver_listed_prefixes": resolved.driver_listed,
+        "delimiter_listings": resolved.requests,
+        "patterns": [pattern_text(p) for p in plan.patterns],
+        "notes": list(plan.notes),
+    }
+    return Listed(df, local), info
+
+
+def _run_key(input_uri: str, conf: Conf, feat_id: str, sel: Selection, plan: ListingPlan, prune: bool) -> str:
+    """What decides a featurize's outcome besides the listing and the store: input, conf sections, featurizer, selection, plan, prune."""
+    what = {
+        "vidspark": __version__,
+        "input": input_uri,
+        "conf": {name: asdict(getattr(conf, name)) for name in ("input", "featurizer", "video", "events", "job")},
+        "featurizer": feat_id,
+        "selection": [sel.since, sel.until, sorted(sel.cameras) if sel.cameras is not None else None],
+        "patterns": [pattern_text(p) for p in plan.patterns],
+        "prune": prune,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class ListingMark:
+    """ "This store is what a finished featurize made of exactly this listing": a night that lists the same again skips the rest.
+
+    A featurize whose listing the driver made (small, :func:`vidspark.listing.list_on_driver`) and
+    that ended with no errors leaves ``_state/<table>-listing.json`` beside the store: a digest of
+    every listed object (uri, ETag, size, last-modified) and of what else decides the outcome
+    (:func:`_run_key`). A later run with the same digests would featurize nothing, prune nothing and
+    fail nothing, so it stops after the listing: no Spark job at all. Any other run deletes the mark
+    before it changes the store, so a mark is never there for a store changed since, by vidspark.
+    """
+
+    spark: SparkSession
+    path: str
+    key: str
+    digest: str | None
+    found: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, spark: SparkSession, output: str, local: pd.DataFrame | None, *, key: str) -> ListingMark:
+        path = join(sibling(output, "_state"), f"{basename(output)}-listing.json")
+        found = json.loads(read_text(spark, path)) if path_exists(spark, path) else None
+        return cls(spark, path, key, _listing_digest(local) if local is not None else None, found)
+
+    @property
+    def unchanged(self) -> bool:
+        return self.digest is not None and self.found is not None and self.found.get("key") == self.key and self.found.get("listing") == self.digest
+
+    def forget(self) -> None:
+        if self.found is not None:
+            delete_path(self.spark, self.path)
+            self.found = None
+
+    def remember(self, run_id: str, counts: dict[str, int]) -> None:
+        if self.digest is not None:
+            write_json(self.spark, self.path, {"key": self.key, "listing": self.digest, "run_id": run_id, "counts": counts})
+
+
+def _listing_digest(local: pd.DataFrame) -> str:
+    """SHA-256 of a listing's objects (uri, ETag, size, last-modified in microseconds), in uri order."""
+    df = local.sort_values("uri", kind="stable")
+    lm_us = (df["last_modified"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    h = hashlib.sha256()
+    for row in zip(df["uri"], df["etag"].fillna(""), df["size"], lm_us, strict=True):
+        h.update("\0".join(map(str, row)).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _unchanged_summary(spark: SparkSession, mark: ListingMark, *, input_uri: str, output: str, errors_output: str, featurizer: str, listing: dict[str, Any], t0: float) -> dict[str, Any]:
+    """The summary of a featurize whose listing and store are as a finished run left them: everything skipped as unchanged."""
+    c = (mark.found or {})["counts"]
+    logger.info("listed %d objects under %s, as the run %s left them, and the store is as it left it: nothing to featurize, prune or retry", c["listed"], input_uri, (mark.found or {}).get("run_id"))
+    return {
+        "input": input_uri,
+        "features": output,
+        "errors": errors_output,
+        "featurizer": featurizer,
+        "listing": {**listing, "unchanged_since": (mark.found or {}).get("run_id")},
+        "listed": c["listed"],
+        "selected": c["selected"] + c["layout_errors"],
+        "skipped_unchanged": c["selected"],
+        "videos": c["videos"],
+        "work_units": 0,
+        "featurized_objects": 0,
+        "featurized": 0,
+        "replaced_objects": 0,
+        "pruned_objects": 0,
+        "errors_by_stage": {},
+        "error_count": 0,
+        "error_fraction": 0.0,
+        "partitions": [],
+        "timings": {"list_s": round(time.perf_counter() - t0, 3)},
+        "tasks": {},
+        "executor_versions": {},
+        "executor_models": {},
+        "executor_gpus": [],
+        "task_slots": task_slots(spark),
+    }
 
 
 def _prune_scope(location: Location, plan: ListingPlan) -> Column:

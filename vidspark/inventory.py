@@ -174,8 +174,12 @@ def _event_ids(micros: pd.Series) -> pd.Series:
     return pd.to_datetime(micros, unit="us", utc=True).map(_event_id)
 
 
-def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None) -> Inventory:
+def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None, local: pd.DataFrame | None = None) -> Inventory:
     """Parse a listing (``LISTING_SCHEMA``) with the layout into work rows, on the executors.
+
+    ``local``: the same listing as a pandas frame, when the driver listed all of it (a bounded
+    number of keys, :func:`vidspark.listing.list_on_driver`): its keys are then parsed here, by the
+    same function, and no Python worker starts for the inventory.
 
     Everything that identifies a frame is decided over every listed object, before ``selection``
     narrows them, and never from upload order, so a night's run and a from-scratch run agree:
@@ -197,8 +201,12 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     - ``date`` (the partition) is the camera-local date of ``frame_ts`` (:func:`with_local_date`).
     """
     # Times cross the Python worker as microseconds since the epoch: instants, whatever the session time zone.
-    listed = listing_df.select("uri", "key", "etag", "size", F.unix_micros("last_modified").alias("lm_us"))
-    parsed = listed.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA)
+    if local is not None:
+        batch = local[["uri", "key", "etag", "size"]].assign(lm_us=(local["last_modified"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1))
+        parsed = listing_df.sparkSession.createDataFrame(pd.concat(list(make_parse_fn(layout)(iter([batch])))), schema=PARSED_SCHEMA).coalesce(1)
+    else:
+        listed = listing_df.select("uri", "key", "etag", "size", F.unix_micros("last_modified").alias("lm_us"))
+        parsed = listed.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA)
     # (withColumns, one projection per step: every DataFrame is analysed when made, slowly in a JVM that has just started)
     parsed = parsed.withColumns({"last_modified": F.expr("timestamp_micros(lm_us)"), "key_ts": F.expr("timestamp_micros(key_us)")}).drop("lm_us", "key_us")
     parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)

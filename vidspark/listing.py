@@ -16,6 +16,7 @@ log line that starts the listing says so.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -251,6 +252,7 @@ class Resolved:
     prefixes: list[str]
     direct: list[ObjectInfo] = field(default_factory=list)
     requests: int = 0
+    driver_listed: int = 0  # prefixes listed whole by the driver (:func:`list_on_driver`), their objects in ``direct``
 
 
 def resolve(plan: ListingPlan, children: Callable[[str], tuple[list[str], list[ObjectInfo]] | None]) -> Resolved:
@@ -424,9 +426,48 @@ def make_list_fn(location: Location, sconf: StorageConf, prefixes: list[str]) ->
     return list_partition
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A listing: its DataFrame (``LISTING_SCHEMA``) and, when the driver listed all of it, the same rows as a pandas frame."""
+
+    df: DataFrame
+    local: pd.DataFrame | None = None
+
+
+def list_on_driver(location: Location, resolved: Resolved, client: Any = None, *, max_keys: int) -> Resolved:
+    """``resolved`` with its prefixes listed here, in order, while the objects found stay within ``max_keys``.
+
+    The prefixes listed whole move into ``direct`` (objects the driver found); the first one that
+    would pass ``max_keys`` and every prefix after it stay in ``prefixes``, for the executors (the
+    part of that one already read is dropped: at most ``max_keys`` objects read twice). A small
+    archive or a narrow night is then listed with no Spark job and no Python worker at all; the
+    driver never holds more than ``max_keys`` objects, however large the archive.
+    """
+    budget = max_keys - len(resolved.direct)
+    direct = list(resolved.direct)
+    for i, prefix in enumerate(resolved.prefixes):
+        found = list(itertools.islice(list_prefix(location, prefix, client), max(budget, 0) + 1))
+        if len(found) > budget:
+            return Resolved(resolved.prefixes[i:], direct, resolved.requests, driver_listed=i)
+        direct += found
+        budget -= len(found)
+    return Resolved([], direct, resolved.requests, driver_listed=len(resolved.prefixes))
+
+
+def listing_pandas(resolved: Resolved) -> pd.DataFrame | None:
+    """The whole listing as a pandas frame (``LISTING_SCHEMA``'s columns) when the driver found all of it, else None."""
+    return None if resolved.prefixes else _frame(resolved.direct)
+
+
 def listing_frame(spark: SparkSession, location: Location, resolved: Resolved, sconf: StorageConf, *, parallelism: int) -> DataFrame:
-    """The listing as a DataFrame (``LISTING_SCHEMA``): the resolved prefixes listed on the executors, ``parallelism`` at most at once."""
+    """The listing as a DataFrame (``LISTING_SCHEMA``): the resolved prefixes listed on the executors, ``parallelism`` at most at once.
+
+    The objects the driver already holds (``resolved.direct``) join them as a local relation; with no
+    prefix left there is no listing task (and no Python worker) at all.
+    """
     prefixes = resolved.prefixes
+    if not prefixes:
+        return spark.createDataFrame(_frame(resolved.direct), schema=LISTING_SCHEMA)
     n = max(1, min(len(prefixes), parallelism))
     # Positions of the prefixes as n partitions of a range (the prefixes travel with the task's function): no Python RDD,
     # whose conversion would start Python workers of its own before the listing's, and no shuffle.
