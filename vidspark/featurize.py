@@ -278,7 +278,7 @@ class ListingMark:
     """ "This store is what a finished featurize made of exactly this listing": a night that lists the same again skips the rest.
 
     A featurize whose listing the driver made (small, :func:`vidspark.listing.list_on_driver`) and
-    that ended with no errors leaves ``_state/<table>-listing.json`` beside the store: a digest of
+    that ended with no errors leaves ``_listing/<table>.json`` beside the store: a digest of
     every listed object (uri, ETag, size, last-modified) and of what else decides the outcome
     (:func:`_run_key`). A later run with the same digests would featurize nothing, prune nothing and
     fail nothing, so it stops after the listing: no Spark job at all. Any other run deletes the mark
@@ -293,7 +293,7 @@ class ListingMark:
 
     @classmethod
     def of(cls, spark: SparkSession, output: str, local: pd.DataFrame | None, *, key: str) -> ListingMark:
-        path = join(sibling(output, "_state"), f"{basename(output)}-listing.json")
+        path = join(sibling(output, "_listing"), f"{basename(output)}.json")  # not in _state/: a mark is no work left to do
         found = json.loads(read_text(spark, path)) if path_exists(spark, path) else None
         return cls(spark, path, key, _listing_digest(local) if local is not None else None, found)
 
