@@ -35,7 +35,7 @@ from vidspark.frames import GPU_KEY, MODEL_KEY, VERSIONS_KEY, TaskStats, with_fe
 from vidspark.gpus import executor_gpus, stage_request
 from vidspark.inventory import Selection, build_inventory
 from vidspark.layout import Layout, TimeZones
-from vidspark.listing import Listed, ListingPlan, list_on_driver, listing_frame, listing_pandas, make_children, pattern_text, plan_listing, resolve
+from vidspark.listing import Listed, ListingPlan, epoch_micros, list_on_driver, listing_frame, listing_pandas, make_children, pattern_text, plan_listing, resolve
 from vidspark.outputs import ROW_BYTES_FEATURES, basename, delete_path, join, partition_path, path_exists, read_text, recover_table, replace_partitions, rows_per_file, sibling, write_json
 from vidspark.progress import Progress
 from vidspark.s3_inventory import inventory_listing, read_manifest
@@ -130,7 +130,7 @@ def featurize(
         return _unchanged_summary(spark, mark, input_uri=input_uri, output=output, errors_output=errors_output or sibling(output, "errors"), featurizer=feat_id, listing=listing, t0=t0)
     if mark is not None:
         mark.forget()  # before the store changes: the mark is only ever there for a store that a run finished with that listing
-    inv = build_inventory(listed.df, layout, gap_seconds=conf.events.gap_seconds, selection=selection, local=listed.local)
+    inv = build_inventory(listed.df, layout, gap_seconds=conf.events.gap_seconds, selection=selection, local=listed.local, spark=spark)
     with contextlib.ExitStack() as stack:
         stack.callback(inv.unpersist)
         counts = inv.counts()
@@ -247,7 +247,7 @@ def _listing(spark: SparkSession, location: Location, client: Any, plan: Listing
         logger.info(
             "listing %s: %s, %d on the executors, %d at a time, after %d delimiter listings (%.2f s)", location.uri, where, len(resolved.prefixes), at_once, resolved.requests, time.perf_counter() - t0
         )
-    df = listing_frame(spark, location, resolved, conf.storage, parallelism=conf.input.list_parallelism)
+    live_df = listing_frame(spark, location, resolved, conf.storage, parallelism=conf.input.list_parallelism) if local is None else None
     info = {
         "source": "live",
         "prefixes": n_prefixes,
@@ -256,7 +256,7 @@ def _listing(spark: SparkSession, location: Location, client: Any, plan: Listing
         "patterns": [pattern_text(p) for p in plan.patterns],
         "notes": list(plan.notes),
     }
-    return Listed(df, local), info
+    return Listed(live_df, local), info
 
 
 def _run_key(input_uri: str, conf: Conf, feat_id: str, sel: Selection, plan: ListingPlan, prune: bool) -> str:
@@ -314,9 +314,8 @@ class ListingMark:
 def _listing_digest(local: pd.DataFrame) -> str:
     """SHA-256 of a listing's objects (uri, ETag, size, last-modified in microseconds), in uri order."""
     df = local.sort_values("uri", kind="stable")
-    lm_us = (df["last_modified"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
     h = hashlib.sha256()
-    for row in zip(df["uri"], df["etag"].fillna(""), df["size"], lm_us, strict=True):
+    for row in zip(df["uri"], df["etag"].fillna(""), df["size"], epoch_micros(df["last_modified"]), strict=True):
         h.update("\0".join(map(str, row)).encode() + b"\n")
     return h.hexdigest()
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from vidspark.layout import UNKNOWN_CAMERA, Layout, LayoutMismatch, TimeZones, natural_sort_text
+from vidspark.listing import epoch_micros
 from vidspark.schemas import WORK_SCHEMA
 from vidspark.video_source import kind_of_key
 
@@ -174,12 +175,21 @@ def _event_ids(micros: pd.Series) -> pd.Series:
     return pd.to_datetime(micros, unit="us", utc=True).map(_event_id)
 
 
-def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float | None = None, selection: Selection | None = None, local: pd.DataFrame | None = None) -> Inventory:
+def build_inventory(
+    listing_df: DataFrame | None,
+    layout: Layout,
+    *,
+    gap_seconds: float | None = None,
+    selection: Selection | None = None,
+    local: pd.DataFrame | None = None,
+    spark: SparkSession | None = None,
+) -> Inventory:
     """Parse a listing (``LISTING_SCHEMA``) with the layout into work rows, on the executors.
 
-    ``local``: the same listing as a pandas frame, when the driver listed all of it (a bounded
-    number of keys, :func:`vidspark.listing.list_on_driver`): its keys are then parsed here, by the
-    same function, and no Python worker starts for the inventory.
+    ``local``: the listing as a pandas frame, when the driver listed all of it (a bounded number of
+    keys, :func:`vidspark.listing.list_on_driver`): its keys are then parsed here, by the same
+    function, and no Python worker starts for the inventory; ``listing_df`` may then be None, and
+    ``spark`` (else ``listing_df``'s session) makes the parsed rows a DataFrame.
 
     Everything that identifies a frame is decided over every listed object, before ``selection``
     narrows them, and never from upload order, so a night's run and a from-scratch run agree:
@@ -202,8 +212,13 @@ def build_inventory(listing_df: DataFrame, layout: Layout, *, gap_seconds: float
     """
     # Times cross the Python worker as microseconds since the epoch: instants, whatever the session time zone.
     if local is not None:
-        batch = local[["uri", "key", "etag", "size"]].assign(lm_us=(local["last_modified"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1))
-        parsed = listing_df.sparkSession.createDataFrame(pd.concat(list(make_parse_fn(layout)(iter([batch])))), schema=PARSED_SCHEMA).coalesce(1)
+        session = spark or (listing_df.sparkSession if listing_df is not None else None)
+        if session is None:
+            raise ValueError("build_inventory of a local listing needs spark or listing_df")
+        batch = local[["uri", "key", "etag", "size"]].assign(lm_us=epoch_micros(local["last_modified"]))
+        parsed = session.createDataFrame(pd.concat(list(make_parse_fn(layout)(iter([batch])))), schema=PARSED_SCHEMA).coalesce(1)
+    elif listing_df is None:
+        raise ValueError("build_inventory needs listing_df or local")
     else:
         listed = listing_df.select("uri", "key", "etag", "size", F.unix_micros("last_modified").alias("lm_us"))
         parsed = listed.mapInPandas(make_parse_fn(layout), schema=PARSED_SCHEMA)

@@ -430,8 +430,13 @@ def make_list_fn(location: Location, sconf: StorageConf, prefixes: list[str]) ->
 class Listed:
     """A listing: its DataFrame (``LISTING_SCHEMA``) and, when the driver listed all of it, the same rows as a pandas frame."""
 
-    df: DataFrame
+    df: DataFrame | None  # None when ``local`` holds the whole listing: no DataFrame is made that nothing reads
     local: pd.DataFrame | None = None
+
+
+def epoch_micros(ts: pd.Series) -> pd.Series:
+    """UTC instants (``datetime64[.., UTC]``) as whole microseconds since the epoch."""
+    return (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
 
 
 def list_on_driver(location: Location, resolved: Resolved, client: Any = None, *, max_keys: int) -> Resolved:
